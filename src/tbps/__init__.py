@@ -1,0 +1,1 @@
+"""tbps: text-based person search."""

@@ -1,0 +1,126 @@
+"""The `tbps` command line: synth, train, eval, demo."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from .synth import generate
+
+    summary = generate(args.out, preset=args.preset, seed=args.seed, height=args.height, width=args.width,
+                       workers=args.workers, progress=not args.quiet)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _load_run_config(args: argparse.Namespace) -> dict:
+    from .config import apply_overrides, load_config
+
+    if args.resume and args.config is None:
+        saved = Path(args.out) / "config.yaml"
+        if not saved.is_file():
+            raise FileNotFoundError(f"--resume without --config needs {saved}")
+        cfg = load_config(saved, [])
+        cfg["train"]["stop_after_steps"] = None  # a resumed run goes to the end unless told otherwise
+        return apply_overrides(cfg, args.set)
+    if args.config is None:
+        raise SystemExit("tbps train: --config is required (e.g. --config configs/irra_tiny.yaml)")
+    return load_config(args.config, args.set, search_dirs=[CONFIG_DIR])
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .engine.trainer import train
+
+    cfg = _load_run_config(args)
+    out = args.out or str(Path("runs") / Path(args.config or "run").stem)
+    summary = train(cfg, out, resume=args.resume, progress=not args.quiet)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .engine.runs import evaluate_run
+    from .evaluation import format_metrics_table
+
+    metrics, info = evaluate_run(args.run, split=args.split, checkpoint=args.checkpoint, progress=not args.quiet,
+                                 data_root=args.data_root)
+    print(f"{info['method']} | {info['checkpoint']} | split {args.split}: "
+          f"{info['num_queries']} queries, {info['num_images']} images")
+    print(format_metrics_table(metrics))
+    if args.json:
+        from .utils import atomic_write_json
+
+        atomic_write_json(args.json, {"split": args.split, **info, "metrics": metrics})
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(args.out), preset=args.preset, seed=args.seed, epochs=args.epochs, progress=not args.quiet)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tbps", description="Text-based person search: train, evaluate, search.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="render the embedded pedestrian benchmark (CUHK-PEDES layout)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--preset", default="small", choices=["tiny", "small", "full"])
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--height", type=int)
+    s.add_argument("--width", type=int)
+    s.add_argument("--workers", type=int)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=_cmd_synth)
+
+    t = sub.add_parser("train", help="train a method from a YAML config")
+    t.add_argument("--config", help="config file or name in configs/ (e.g. irra_tiny)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.epochs=3 (repeatable)")
+    t.add_argument("--out", help="run folder (default runs/<config name>)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a run folder or checkpoint folder")
+    e.add_argument("run", help="run folder (uses checkpoints/best) or a checkpoint folder")
+    e.add_argument("--split", default="test", choices=["val", "test"])
+    e.add_argument("--checkpoint", default=None, help="best (default) or last, when RUN is a run folder")
+    e.add_argument("--data-root", default=None, help="dataset root, if it moved since training")
+    e.add_argument("--json", help="write the metrics to this JSON file")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=_cmd_eval)
+
+    d = sub.add_parser("demo", help="generate the small benchmark, train IRRA, evaluate, write an HTML page")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--preset", default="small", choices=["tiny", "small", "full"])
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--epochs", type=int, default=None)
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError) as exc:
+        if os.environ.get("TBPS_DEBUG"):
+            raise
+        print(f"tbps {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

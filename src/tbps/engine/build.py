@@ -1,0 +1,74 @@
+"""Turn a resolved config into the objects a run needs: dataset, tokenizer, transforms, method."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data import Dataset, load_dataset
+from ..data.tokenizers import ClipBpeTokenizer, TrainedTokenizer, load_tokenizer
+from ..data.transforms import build_transform
+from ..methods import Method, build_method
+from ..models import backbone_config, build_backbone
+
+
+def resolve_device(name: str | None) -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_data(cfg: dict[str, Any]) -> Dataset:
+    d = cfg["data"]
+    return load_dataset(d["dataset"], d["root"], check_images=d.get("check_images", True))
+
+
+def build_tokenizer(cfg: dict[str, Any], dataset: Dataset | None, run_dir: Path | None):
+    """The run's tokenizer: reloaded from the run folder if saved there, else built and saved."""
+    saved = run_dir / "tokenizer" if run_dir is not None else None
+    if saved is not None and saved.is_dir():
+        return load_tokenizer(saved)
+    kind = cfg["data"].get("tokenizer", "trained")
+    if kind == "trained":
+        if dataset is None:
+            raise ValueError("a trained tokenizer needs the training captions")
+        extra = list(cfg["data"].get("tokenizer_extra_special", []))
+        tok = TrainedTokenizer.train((s.caption for s in dataset.train),
+                                     vocab_size=int(cfg["data"].get("tokenizer_vocab_size", 4000)), extra_special=extra)
+    elif kind == "clip-bpe":
+        tok = ClipBpeTokenizer(cfg["data"].get("tokenizer_path"))
+    else:
+        tok = load_tokenizer(kind)
+    if saved is not None:
+        tok.save(saved)
+    return tok
+
+
+def build_transforms(cfg: dict[str, Any], image_size: tuple[int, int]):
+    aug = cfg["data"].get("augment", {}) or {}
+    h, w = image_size
+    train = build_transform(h, w, True, flip=aug.get("flip", True), pad=aug.get("pad", 10),
+                            random_crop=aug.get("random_crop", True), erasing=aug.get("erasing", 0.5))
+    test = build_transform(h, w, False)
+    return train, test
+
+
+def build_model(cfg: dict[str, Any], tokenizer: Any, num_classes: int) -> Method:
+    b = cfg["backbone"]
+    overrides = dict(b.get("overrides") or {})
+    if cfg["data"].get("image_size"):
+        overrides["image_size"] = tuple(cfg["data"]["image_size"])
+    overrides["vocab_size"] = tokenizer.vocab_size
+    bcfg = backbone_config(b["name"], **overrides)
+    max_len = int(cfg["data"]["max_text_len"])
+    if bcfg.context_length < max_len:
+        raise ValueError(f"data.max_text_len={max_len} exceeds the backbone's context length {bcfg.context_length}")
+    backbone = build_backbone(bcfg)
+    m = dict(cfg["method"])
+    name = m.pop("name")
+    return build_method(name, m, backbone, num_classes, tokenizer)
+
+
+def image_size_of(method: Method) -> tuple[int, int]:
+    return tuple(method.backbone.cfg.image_size)

@@ -1,0 +1,47 @@
+"""Encode a split's gallery and queries once, score them per task, report CMC / mAP / mINP."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ..data.loader import ImageList, tokens_to_dict
+from ..data.records import EvalSplit
+from ..evaluation import rank_metrics
+from ..methods import Method
+
+
+@torch.no_grad()
+def encode_split(method: Method, split: EvalSplit, tokenizer: Any, transform: Callable, max_len: int,
+                 device: torch.device, batch_size: int = 128, num_workers: int = 0,
+                 progress: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """-> (text features, image features), each a dict of tensors stacked over the split."""
+    method.eval()
+    loader = DataLoader(ImageList(split.image_paths, transform), batch_size=batch_size, num_workers=num_workers)
+    image_parts: list[dict[str, torch.Tensor]] = []
+    for images in tqdm(loader, desc="gallery", disable=not progress, leave=False):
+        image_parts.append({k: v.cpu() for k, v in method.encode_images(images.to(device)).items()})
+    text_parts: list[dict[str, torch.Tensor]] = []
+    for i in tqdm(range(0, split.num_queries, batch_size), desc="queries", disable=not progress, leave=False):
+        tb = tokens_to_dict(tokenizer.encode(split.captions[i:i + batch_size], max_len))
+        text_parts.append({k: v.cpu() for k, v in method.encode_texts({k: v.to(device) for k, v in tb.items()}).items()})
+    return _stack(text_parts), _stack(image_parts)
+
+
+def _stack(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if parts else {}
+
+
+@torch.no_grad()
+def evaluate(method: Method, split: EvalSplit, tokenizer: Any, transform: Callable, max_len: int,
+             device: torch.device, batch_size: int = 128, num_workers: int = 0, progress: bool = True,
+             score_kwargs: dict[str, Any] | None = None) -> dict[str, dict[str, float]]:
+    """-> {task: {"R1", "R5", "R10", "mAP", "mINP", ...}} for every task the method scores."""
+    text_feats, image_feats = encode_split(method, split, tokenizer, transform, max_len, device, batch_size,
+                                           num_workers, progress)
+    scores = method.score(text_feats, image_feats, split=split, **(score_kwargs or {}))
+    qp = torch.tensor(split.caption_pids)
+    gp = torch.tensor(split.image_pids)
+    return {task: rank_metrics(sim, qp, gp) for task, sim in scores.items()}

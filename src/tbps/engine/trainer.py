@@ -1,0 +1,237 @@
+"""The training loop: one function, `train`, from a resolved config to a run folder.
+
+Run folder layout:
+  config.yaml            the resolved config
+  tokenizer/             the tokenizer (trained on the training captions for tiny models)
+  checkpoints/last/      saved every `train.ckpt_every_steps` steps and at each epoch end
+  checkpoints/best/      best validation Rank-1 (never test)
+  log.jsonl, tb/         JSON-lines and TensorBoard logs
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ..config import save_config
+from ..data.loader import EpochSampler, TrainCollate, TrainPairs, generator_for
+from ..utils import JsonlLogger, seed_everything
+from .build import build_model, build_tokenizer, build_transforms, image_size_of, load_data, resolve_device
+from .checkpoint import load_model_weights, load_trainer_state, resolve_checkpoint, save_checkpoint
+from .evaluator import evaluate
+
+
+def build_optimizer(method: torch.nn.Module, tcfg: dict[str, Any]) -> torch.optim.Optimizer:
+    """Adam/AdamW with a larger learning rate for modules trained from scratch and no decay on
+    biases, norms and embeddings' 1-d parameters."""
+    lr, wd = float(tcfg["lr"]), float(tcfg.get("weight_decay", 0.0))
+    mult = float(tcfg.get("new_module_lr_mult", 1.0))
+    new = method.new_parameter_names()
+    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+    for name, p in method.named_parameters():
+        if not p.requires_grad:
+            continue
+        key = (lr * (mult if name in new else 1.0), 0.0 if p.ndim < 2 else wd)
+        groups.setdefault(key, []).append(p)
+    params = [{"params": ps, "lr": glr, "weight_decay": gwd} for (glr, gwd), ps in sorted(groups.items())]
+    name = tcfg.get("optimizer", "adam").lower()
+    betas = tuple(tcfg.get("betas", (0.9, 0.999)))
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=betas, eps=1e-8)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=betas, eps=1e-8)
+    raise ValueError(f"unknown train.optimizer {name!r}; use adam or adamw")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
+                    min_lr_ratio: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up, then cosine decay to `min_lr_ratio` of the base rate, per step."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return 0.1 + 0.9 * step / max(1, warmup_steps)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _autocast(device: torch.device, amp: str | None):
+    if amp in (None, "none", "fp32"):
+        return torch.autocast(device.type, enabled=False)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def train(cfg: dict[str, Any], run_dir: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train `cfg` into `run_dir`; with `resume`, continue from `run_dir/checkpoints/last`."""
+    run_dir = Path(run_dir)
+    tcfg, dcfg = cfg["train"], cfg["data"]
+    seed = int(cfg.get("seed", 0))
+    last_dir = run_dir / "checkpoints" / "last"
+    resume_from = resolve_checkpoint(last_dir) if resume else None
+    if resume and resume_from is None:
+        print(f"no checkpoint under {last_dir}; starting from scratch")
+    if not resume and resolve_checkpoint(last_dir) is not None:
+        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    seed_everything(seed)
+    device = resolve_device(tcfg.get("device", "auto"))
+
+    dataset = load_data(cfg)
+    tokenizer = build_tokenizer(cfg, dataset, run_dir)
+    method = build_model(cfg, tokenizer, dataset.num_train_ids).to(device)
+    train_tf, test_tf = build_transforms(cfg, image_size_of(method))
+    max_len = int(dcfg["max_text_len"])
+
+    pairs = TrainPairs(dataset.train, train_tf, seed)
+    instances = int(dcfg.get("instances_per_id", 1))
+    sampler = EpochSampler(len(pairs), seed, [s.pid for s in dataset.train], instances)
+    batch_size = int(tcfg["batch_size"])
+    extras = getattr(method, "collate_extras", None)
+    loader = DataLoader(pairs, batch_size=batch_size, sampler=sampler, drop_last=True,
+                        num_workers=int(dcfg.get("num_workers", 0)), collate_fn=TrainCollate(tokenizer, max_len, extras),
+                        pin_memory=device.type == "cuda", persistent_workers=False)
+    steps_per_epoch = len(sampler) // batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"train.batch_size={batch_size} exceeds the {len(pairs)} training pairs")
+    epochs = int(tcfg["epochs"])
+    total_steps = epochs * steps_per_epoch
+    optimizer = build_optimizer(method, tcfg)
+    scheduler = build_scheduler(optimizer, total_steps, int(float(tcfg.get("warmup_epochs", 0)) * steps_per_epoch),
+                                float(tcfg.get("min_lr_ratio", 0.0)))
+    scaler = torch.amp.GradScaler(enabled=tcfg.get("amp") == "fp16" and device.type == "cuda")
+
+    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_r1": -1.0, "best_epoch": None}
+    if resume_from is not None:
+        load_model_weights(resume_from, method)
+        ts = load_trainer_state(resume_from)
+        optimizer.load_state_dict(ts["optimizer"])
+        scheduler.load_state_dict(ts["scheduler"])
+        scaler.load_state_dict(ts["scaler"])
+        state.update(ts["counters"])
+        torch.set_rng_state(ts["torch_rng"])
+        print(f"resuming from {resume_from} at epoch {state['epoch']} step {state['step_in_epoch']}")
+
+    logger = JsonlLogger(run_dir / "log.jsonl")
+    tb = _tensorboard(run_dir / "tb")
+
+    def checkpoint(name: str, meta_extra: dict[str, Any] | None = None) -> None:
+        trainer_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "scaler": scaler.state_dict(), "counters": dict(state), "torch_rng": torch.get_rng_state()}
+        meta = {"method": cfg["method"]["name"], "backbone": cfg["backbone"]["name"], "num_classes": dataset.num_train_ids,
+                **{k: state[k] for k in ("epoch", "step_in_epoch", "global_step", "best_r1")}, **(meta_extra or {})}
+        save_checkpoint(run_dir / "checkpoints" / name, method, trainer_state if name == "last" else None, meta)
+
+    ckpt_every = int(tcfg.get("ckpt_every_steps", 0) or 0)
+    log_every = int(tcfg.get("log_every", 10))
+    stop_after = tcfg.get("stop_after_steps")  # simulates a killed run (tests, debugging)
+    val_split = dataset.val
+    val_metrics: dict[str, Any] | None = None
+    amp = tcfg.get("amp")
+    grad_clip = tcfg.get("grad_clip")
+    start_time = time.time()
+    pairs_seen = 0
+
+    for epoch in range(state["epoch"], epochs):
+        method.train()
+        pairs.set_epoch(epoch)
+        sampler.set_epoch(epoch, start=state["step_in_epoch"] * batch_size)
+        bar = tqdm(loader, total=steps_per_epoch - state["step_in_epoch"], desc=f"epoch {epoch + 1}/{epochs}",
+                   disable=not progress, dynamic_ncols=True)
+        window_t, window_n = time.time(), 0
+        for batch in bar:
+            batch = _to_device(batch, device)
+            batch["mask_generator"] = generator_for(seed, state["global_step"], 104729)
+            with _autocast(device, amp):
+                losses = method(batch)
+            loss = losses["loss"]
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at step {state['global_step']}: "
+                                         f"{ {k: float(v) for k, v in losses.items()} }")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(method.parameters(), float(grad_clip))
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            state["global_step"] += 1
+            state["step_in_epoch"] += 1
+            pairs_seen += batch_size
+            window_n += batch_size
+            if state["global_step"] % log_every == 0 or state["step_in_epoch"] == steps_per_epoch:
+                rate = window_n / max(1e-9, time.time() - window_t)
+                window_t, window_n = time.time(), 0
+                record = {"step": state["global_step"], "epoch": epoch + state["step_in_epoch"] / steps_per_epoch,
+                          "lr": scheduler.get_last_lr()[0], "pairs_per_s": rate,
+                          **{k: float(v.detach()) for k, v in losses.items()}}
+                logger.log(record)
+                if tb is not None:
+                    for k, v in record.items():
+                        if k not in ("step", "epoch"):
+                            tb.add_scalar(f"train/{k}", v, state["global_step"])
+                bar.set_postfix(loss=f"{float(loss):.3f}", pairs_s=f"{rate:.0f}")
+            if ckpt_every and state["global_step"] % ckpt_every == 0 and state["step_in_epoch"] < steps_per_epoch:
+                checkpoint("last")
+            if stop_after is not None and state["global_step"] >= int(stop_after):
+                bar.close()
+                return {"stopped_at_step": state["global_step"], "run_dir": str(run_dir)}
+        bar.close()
+        state["epoch"], state["step_in_epoch"] = epoch + 1, 0
+        eval_every = int(tcfg.get("eval_every", 1))
+        if val_split is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
+            val_metrics = evaluate(method, val_split, tokenizer, test_tf, max_len, device,
+                                   int(cfg.get("eval", {}).get("batch_size", 128)), progress=progress)
+            r1 = max(m["R1"] for m in val_metrics.values())
+            logger.log({"step": state["global_step"], "epoch": epoch + 1, "split": "val", **_flat(val_metrics)})
+            if tb is not None:
+                for k, v in _flat(val_metrics).items():
+                    tb.add_scalar(f"val/{k}", v, state["global_step"])
+            if r1 > state["best_r1"]:
+                state["best_r1"], state["best_epoch"] = r1, epoch + 1
+                checkpoint("best", {"val": val_metrics})
+            print(f"epoch {epoch + 1}: val " + ", ".join(f"{t} R1 {m['R1']:.2f} mAP {m['mAP']:.2f}"
+                                                        for t, m in val_metrics.items()))
+        checkpoint("last")
+    if val_split is None:  # no validation split (ICFG-PEDES): the last epoch is the selected model
+        checkpoint("best", {"selection": "last epoch (no validation split)"})
+    elapsed = time.time() - start_time
+    summary = {"run_dir": str(run_dir), "epochs": epochs, "global_step": state["global_step"],
+               "best_val_r1": state["best_r1"], "best_epoch": state["best_epoch"], "val": val_metrics,
+               "train_seconds": elapsed, "pairs_per_s": pairs_seen / max(elapsed, 1e-9)}
+    logger.log({"summary": summary})
+    if tb is not None:
+        tb.close()
+    return summary
+
+
+def _flat(metrics: dict[str, dict[str, float]]) -> dict[str, float]:
+    return {f"{task}/{k}": v for task, m in metrics.items() for k, v in m.items() if isinstance(v, (int, float))}
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor):
+            out[k] = v.to(device, non_blocking=True)
+        elif isinstance(v, dict):
+            out[k] = _to_device(v, device)
+        else:
+            out[k] = v
+    return out
+
+
+def _tensorboard(path: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a declared dependency; stay usable if it is broken
+        return None
+    return SummaryWriter(str(path))

@@ -1,0 +1,52 @@
+"""What every method provides to the engine: losses for a batch, and features + scores for evaluation."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models import Backbone
+
+
+class Method(nn.Module):
+    """A composition of losses over a backbone.
+
+    The engine calls `forward(batch)` for training (a dict with a scalar "loss" and its parts),
+    `encode_images` / `encode_texts` once per gallery image and query, and `score` to turn the
+    collected features into one similarity matrix per reported task (e.g. "t2i", "t2i-rerank").
+    """
+
+    #: extra per-caption fields the data pipeline must provide (e.g. {"attribute_flags"})
+    needs: frozenset[str] = frozenset()
+
+    def __init__(self, cfg: dict[str, Any], backbone: Backbone, num_classes: int, tokenizer: Any) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.tokenizer = tokenizer
+
+    def new_parameter_names(self) -> set[str]:
+        """Parameters outside the (possibly pretrained) backbone, which get the larger learning rate."""
+        return {n for n, _ in self.named_parameters() if not n.startswith("backbone.")}
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        emb, _ = self.backbone.encode_image(images)
+        return {"emb": F.normalize(emb.float(), dim=-1)}
+
+    @torch.no_grad()
+    def encode_texts(self, tokens: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        emb, _ = self.backbone.encode_text(tokens["ids"], tokens["attention_mask"], tokens.get("eot_index"))
+        return {"emb": F.normalize(emb.float(), dim=-1)}
+
+    @torch.no_grad()
+    def score(self, text_feats: dict[str, torch.Tensor], image_feats: dict[str, torch.Tensor],
+              **kwargs: Any) -> dict[str, torch.Tensor]:
+        """Text-to-image similarity [Q, G] per task; the default is cosine of the global embeddings."""
+        return {"t2i": text_feats["emb"] @ image_feats["emb"].t()}
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError

@@ -1,0 +1,63 @@
+"""IRRA (Jiang & Ye, CVPR 2023): SDM + ID + implicit relation reasoning (cross-modal MLM)."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..models import Backbone
+from ..models.fusion import CrossModalEncoder, MLMHead
+from . import METHODS
+from .base import Method
+from .losses import id_loss, masked_token_loss, sdm_loss
+from .masking import mask_tokens
+
+DEFAULTS: dict[str, Any] = {
+    "tau": 0.02,
+    "mlm_prob": 0.15,
+    "cross_layers": 4,
+    "loss_weights": {"sdm": 1.0, "id": 1.0, "mlm": 1.0},
+}
+
+
+@METHODS.register("irra")
+class IRRA(Method):
+    def __init__(self, cfg: dict[str, Any], backbone: Backbone, num_classes: int, tokenizer: Any) -> None:
+        cfg = {**DEFAULTS, **cfg, "loss_weights": {**DEFAULTS["loss_weights"], **cfg.get("loss_weights", {})}}
+        super().__init__(cfg, backbone, num_classes, tokenizer)
+        d = backbone.cfg.embed_dim
+        self.classifier = nn.Linear(d, num_classes)
+        nn.init.normal_(self.classifier.weight, std=0.001)
+        nn.init.zeros_(self.classifier.bias)
+        self.cross_modal = CrossModalEncoder(d, max(1, d // 64), cfg["cross_layers"])
+        self.mlm_head = MLMHead(d, tokenizer.vocab_size)
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        w = self.cfg["loss_weights"]
+        bb = self.backbone
+        tok = batch["tokens"]
+        image_emb, image_tokens = bb.encode_image(batch["images"])
+        text_emb, _ = bb.encode_text(tok["ids"], tok["attention_mask"], tok["eot_index"])
+        losses: dict[str, torch.Tensor] = {}
+        if w["sdm"]:
+            losses["sdm"] = sdm_loss(image_emb, text_emb, batch["pids"], self.cfg["tau"])
+        if w["id"]:
+            losses["id"] = id_loss(self.classifier, image_emb.float(), text_emb.float(), batch["pids"])
+        if w["mlm"]:
+            losses["mlm"] = self._mlm_loss(tok, image_tokens, batch["mask_generator"])
+        losses["loss"] = sum(w[k] * v for k, v in losses.items())
+        return losses
+
+    def _mlm_loss(self, tok: dict[str, torch.Tensor], image_tokens: torch.Tensor,
+                  generator: torch.Generator) -> torch.Tensor:
+        t = self.tokenizer
+        ids, labels = mask_tokens(tok["ids"].cpu(), tok["attention_mask"].cpu(), t.special_ids, t.mask_id,
+                                  t.vocab_size, generator, self.cfg["mlm_prob"])
+        ids, labels = ids.to(tok["ids"].device), labels.to(tok["ids"].device)
+        bb = self.backbone
+        text_tokens = bb.text_proj(bb.text(ids, tok["attention_mask"]))
+        fused = self.cross_modal(text_tokens, bb.image_proj(image_tokens))
+        masked = labels != -100
+        logits = self.mlm_head(fused[masked])  # vocabulary head on masked positions only
+        return masked_token_loss(logits.float(), labels[masked])
