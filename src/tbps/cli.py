@@ -49,14 +49,27 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation import format_metrics_table
 
     metrics, info = evaluate_run(args.run, split=args.split, checkpoint=args.checkpoint, progress=not args.quiet,
-                                 data_root=args.data_root)
+                                 data_root=args.data_root, report_dir=args.report_dir)
+    extra = metrics.pop("extra", None)
     print(f"{info['method']} | {info['checkpoint']} | split {args.split}: "
           f"{info['num_queries']} queries, {info['num_images']} images")
     print(format_metrics_table(metrics))
+    if extra:
+        print(json.dumps(extra, indent=2, default=str))
     if args.json:
         from .utils import atomic_write_json
 
-        atomic_write_json(args.json, {"split": args.split, **info, "metrics": metrics})
+        atomic_write_json(args.json, {"split": args.split, **info, "metrics": metrics,
+                                      **({"extra": extra} if extra else {})})
+    return 0
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from .explain import explain_run
+
+    layers = int(args.layers) if args.layers.lstrip("-").isdigit() else args.layers
+    result = explain_run(args.run, args.image, args.text, args.out, layers=layers, checkpoint=args.checkpoint)
+    print(json.dumps(result, indent=2))
     return 0
 
 
@@ -96,8 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", default=None, help="best (default) or last, when RUN is a run folder")
     e.add_argument("--data-root", default=None, help="dataset root, if it moved since training")
     e.add_argument("--json", help="write the metrics to this JSON file")
+    e.add_argument("--report-dir", help="folder for the method's extra report files (plots)")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=_cmd_eval)
+
+    x = sub.add_parser("explain", help="association maps of a caption's words and attribute phrases on an image")
+    x.add_argument("run", help="run folder (uses checkpoints/best) or a checkpoint folder of a blip-layout method")
+    x.add_argument("--image", required=True)
+    x.add_argument("--text", required=True)
+    x.add_argument("--out", required=True, help="folder for the overlays, index.json and index.html")
+    x.add_argument("--layers", default="all", help="cross-attention layers to average: all (default), last or an index")
+    x.add_argument("--checkpoint", default=None, help="best (default) or last, when RUN is a run folder")
+    x.set_defaults(func=_cmd_explain)
 
     d = sub.add_parser("demo", help="generate the small benchmark, train IRRA, evaluate, write an HTML page")
     d.add_argument("--out", default="runs/demo")

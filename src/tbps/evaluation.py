@@ -148,7 +148,7 @@ def rank_metrics(
         gallery_pids: ``G`` identity labels of the gallery images.
         ks: cut-offs for Rank-k.
         chunk_size: queries processed at once; extra memory is about
-            ``chunk_size * G * 20`` bytes.
+            ``12 * chunk_size * G`` bytes (60 MiB for 256 x 20k).
 
     Returns:
         ``{"R1", "R5", "R10", "mAP", "mINP"}`` in percent (one ``R{k}`` per

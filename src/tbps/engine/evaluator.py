@@ -1,6 +1,7 @@
 """Encode a split's gallery and queries once, score them per task, report CMC / mAP / mINP."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -37,11 +38,21 @@ def _stack(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def evaluate(method: Method, split: EvalSplit, tokenizer: Any, transform: Callable, max_len: int,
              device: torch.device, batch_size: int = 128, num_workers: int = 0, progress: bool = True,
-             score_kwargs: dict[str, Any] | None = None) -> dict[str, dict[str, float]]:
-    """-> {task: {"R1", "R5", "R10", "mAP", "mINP", ...}} for every task the method scores."""
+             score_kwargs: dict[str, Any] | None = None, validation: bool = False,
+             report_dir: str | Path | None = None) -> dict[str, Any]:
+    """-> {task: {"R1", "R5", "R10", "mAP", "mINP", ...}} for every task the method scores.
+
+    With `validation`, the method's `on_validation` hook sees the features first. If the method
+    has an `extra_report` hook, its results are returned under the key "extra".
+    """
     text_feats, image_feats = encode_split(method, split, tokenizer, transform, max_len, device, batch_size,
                                            num_workers, progress)
+    if validation and hasattr(method, "on_validation"):
+        method.on_validation(text_feats, image_feats, split)
     scores = method.score(text_feats, image_feats, split=split, **(score_kwargs or {}))
     qp = torch.tensor(split.caption_pids)
     gp = torch.tensor(split.image_pids)
-    return {task: rank_metrics(sim, qp, gp) for task, sim in scores.items()}
+    results: dict[str, Any] = {task: rank_metrics(sim, qp, gp) for task, sim in scores.items()}
+    if hasattr(method, "extra_report"):
+        results["extra"] = method.extra_report(text_feats, image_feats, split, scores, report_dir)
+    return results

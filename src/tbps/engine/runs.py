@@ -68,7 +68,8 @@ def load_run(path: str | Path, which: str | None = None, device: str | None = No
 
 
 def evaluate_run(path: str | Path, split: str = "test", checkpoint: str | None = None, progress: bool = True,
-                 data_root: str | None = None) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+                 data_root: str | None = None, report_dir: str | Path | None = None,
+                 score_kwargs: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     run = load_run(path, checkpoint)
     if data_root:
         run.cfg["data"]["root"] = data_root
@@ -77,7 +78,8 @@ def evaluate_run(path: str | Path, split: str = "test", checkpoint: str | None =
     if eval_split is None:
         raise ValueError(f"dataset {run.cfg['data']['dataset']} has no {split} split")
     metrics = evaluate(run.method, eval_split, run.tokenizer, run.test_transform(), run.max_len, run.device,
-                       int(run.cfg.get("eval", {}).get("batch_size", 128)), progress=progress)
+                       int(run.cfg.get("eval", {}).get("batch_size", 128)), progress=progress,
+                       score_kwargs=score_kwargs, report_dir=report_dir)
     info = {"method": run.cfg["method"]["name"], "checkpoint": str(run.checkpoint), "run_dir": str(run.run_dir),
             "num_queries": eval_split.num_queries, "num_images": eval_split.num_images,
             "epoch": run.meta.get("epoch")}

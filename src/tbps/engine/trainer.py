@@ -189,7 +189,8 @@ def train(cfg: dict[str, Any], run_dir: str | Path, resume: bool = False, progre
         eval_every = int(tcfg.get("eval_every", 1))
         if val_split is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
             val_metrics = evaluate(method, val_split, tokenizer, test_tf, max_len, device,
-                                   int(cfg.get("eval", {}).get("batch_size", 128)), progress=progress)
+                                   int(cfg.get("eval", {}).get("batch_size", 128)), progress=progress, validation=True)
+            val_metrics.pop("extra", None)
             r1 = max(m["R1"] for m in val_metrics.values())
             logger.log({"step": state["global_step"], "epoch": epoch + 1, "split": "val", **_flat(val_metrics)})
             if tb is not None:

@@ -4,6 +4,8 @@ from ..registry import Registry
 METHODS: Registry = Registry("method")
 
 from . import irra  # noqa: E402,F401  (registers "irra")
+from . import uca  # noqa: E402,F401  (registers "uca")
+from . import cada  # noqa: E402,F401  (registers "cada")
 
 from .base import Method  # noqa: E402
 

@@ -18,8 +18,6 @@ class Method(nn.Module):
     collected features into one similarity matrix per reported task (e.g. "t2i", "t2i-rerank").
     """
 
-    #: extra per-caption fields the data pipeline must provide (e.g. {"attribute_flags"})
-    needs: frozenset[str] = frozenset()
 
     def __init__(self, cfg: dict[str, Any], backbone: Backbone, num_classes: int, tokenizer: Any) -> None:
         super().__init__()
@@ -50,3 +48,15 @@ class Method(nn.Module):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    # Optional hooks. The engine calls them when a method defines them (they are not defined here):
+    #
+    # collate_extras(captions: list[str], tokens: TokenBatch) -> dict
+    #     extra per-caption tensors added to every training batch (e.g. attribute-token flags from
+    #     tbps.data.attributes, computed from the tokenizer's character offsets).
+    # on_validation(text_feats, image_feats, split) -> None
+    #     called with the validation features before scoring, each time the trainer validates and
+    #     before the best checkpoint is written (e.g. fitting a calibration stored in buffers).
+    # extra_report(text_feats, image_feats, split, scores, out_dir) -> dict
+    #     extra evaluation results (JSON-ready) and files under out_dir (may be None), reported by
+    #     `tbps eval` beside the ranking metrics.

@@ -14,15 +14,20 @@ def identity_targets(pids: torch.Tensor, other_pids: torch.Tensor | None = None)
 
 def sdm_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, pids: torch.Tensor, tau: float = 0.02,
              eps: float = 1e-8) -> torch.Tensor:
-    """IRRA's similarity distribution matching: KL(softmax(S) || q) in both directions."""
-    v = F.normalize(image_emb, dim=-1)
-    t = F.normalize(text_emb, dim=-1)
+    """IRRA's similarity distribution matching: KL(softmax(S) || q) in both directions.
+
+    Computed in fp32 even under autocast: at tau = 0.02 bf16's 8-bit mantissa would quantise
+    cosines near 1 into steps of 0.2 logits.
+    """
+    v = F.normalize(image_emb.float(), dim=-1)
+    t = F.normalize(text_emb.float(), dim=-1)
     return sdm_from_logits((t @ v.t()) / tau, pids, eps)
 
 
 def sdm_from_logits(logits_t2i: torch.Tensor, pids: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """SDM on any [B, B] text-to-image logit matrix (cosine/tau or -distance/tau)."""
     q = identity_targets(pids)
+    logits_t2i = logits_t2i.float()
     loss = 0.0
     for logits in (logits_t2i, logits_t2i.t()):
         p = logits.softmax(1)
