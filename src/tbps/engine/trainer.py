@@ -178,7 +178,7 @@ def train(cfg: dict[str, Any], run_dir: str | Path, resume: bool = False, progre
                     for k, v in record.items():
                         if k not in ("step", "epoch"):
                             tb.add_scalar(f"train/{k}", v, state["global_step"])
-                bar.set_postfix(loss=f"{float(loss):.3f}", pairs_s=f"{rate:.0f}")
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", pairs_s=f"{rate:.0f}")
             if ckpt_every and state["global_step"] % ckpt_every == 0 and state["step_in_epoch"] < steps_per_epoch:
                 checkpoint("last")
             if stop_after is not None and state["global_step"] >= int(stop_after):

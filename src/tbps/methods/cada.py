@@ -19,7 +19,6 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..data.attributes import attribute_char_mask, find_attribute_phrases, token_attribute_flags, token_phrase_ids
 from ..models import Backbone
@@ -261,10 +260,10 @@ class CADA(Method):
         if "attr_flags" not in batch:  # batches built without the training collate (e.g. by hand)
             batch = {**batch, **self._extras_for(batch["captions"], ids.shape[1])}
         t = self.tokenizer
+        mode = self.cfg["ara_masking"]
         masked, labels = ara_mask(ids.cpu(), mask.cpu(), t.special_ids, t.mask_id, batch["mask_generator"],
                                   flags=batch["attr_flags"].cpu(), phrase_ids=batch["attr_phrase_ids"].cpu(),
-                                  mode=self.cfg["ara_masking"],
-                                  prob=self.cfg["ara_prob" if self.cfg["ara_masking"] == "token" else "ara_phrase_prob"])
+                                  mode=mode, prob=self.cfg["ara_prob" if mode == "token" else "ara_phrase_prob"])
         masked, labels = masked.to(ids.device), labels.to(ids.device)
         masked[:, 0] = self.dec_id
         hidden = self.text_decoder(masked, mask, image_tokens, causal=True)

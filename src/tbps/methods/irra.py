@@ -1,6 +1,7 @@
 """IRRA (Jiang & Ye, CVPR 2023): SDM + ID + implicit relation reasoning (cross-modal MLM)."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -15,6 +16,11 @@ from .masking import mask_tokens
 
 DEFAULTS: dict[str, Any] = {
     "tau": 0.02,
+    # From-scratch switch: learn the temperature as CLIP does (starting at `tau_init`, never below
+    # `tau`). A fixed tau = 0.02 suits IRRA's pretrained CLIP start; from random weights it makes
+    # early random similarities confidently wrong, and both towers collapse to a constant output.
+    "learnable_tau": False,
+    "tau_init": 0.07,
     "mlm_prob": 0.15,
     "cross_layers": 4,
     "loss_weights": {"sdm": 1.0, "id": 1.0, "mlm": 1.0},
@@ -32,6 +38,13 @@ class IRRA(Method):
         nn.init.zeros_(self.classifier.bias)
         self.cross_modal = CrossModalEncoder(d, max(1, d // 64), cfg["cross_layers"])
         self.mlm_head = MLMHead(d, tokenizer.vocab_size)
+        if cfg["learnable_tau"]:
+            self.log_inv_tau = nn.Parameter(torch.tensor(math.log(1.0 / cfg["tau_init"])))
+
+    def temperature(self) -> torch.Tensor | float:
+        if not self.cfg["learnable_tau"]:
+            return self.cfg["tau"]
+        return 1.0 / self.log_inv_tau.clamp(max=math.log(1.0 / self.cfg["tau"])).exp()
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         w = self.cfg["loss_weights"]
@@ -41,7 +54,7 @@ class IRRA(Method):
         text_emb, _ = bb.encode_text(tok["ids"], tok["attention_mask"], tok["eot_index"])
         losses: dict[str, torch.Tensor] = {}
         if w["sdm"]:
-            losses["sdm"] = sdm_loss(image_emb, text_emb, batch["pids"], self.cfg["tau"])
+            losses["sdm"] = sdm_loss(image_emb, text_emb, batch["pids"], self.temperature())
         if w["id"]:
             losses["id"] = id_loss(self.classifier, image_emb.float(), text_emb.float(), batch["pids"])
         if w["mlm"]:
