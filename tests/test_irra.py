@@ -60,3 +60,14 @@ def test_new_parameters_are_the_heads():
     new = _irra().new_parameter_names()
     assert any(n.startswith("cross_modal.") for n in new) and any(n.startswith("classifier.") for n in new)
     assert not any(n.startswith("backbone.") for n in new)
+
+
+def test_learnable_temperature_starts_at_tau_init_and_never_drops_below_tau():
+    m = _irra(learnable_tau=True, tau_init=0.2)
+    assert abs(float(m.temperature()) - 0.2) < 1e-6
+    m(_batch())["loss"].backward()
+    assert m.log_inv_tau.grad is not None and m.log_inv_tau.grad.abs() > 0
+    with torch.no_grad():
+        m.log_inv_tau.fill_(10.0)  # a scale far beyond 1 / tau
+    assert abs(float(m.temperature()) - 0.02) < 1e-6
+    assert _irra().temperature() == 0.02 and not hasattr(_irra(), "log_inv_tau")
