@@ -439,3 +439,19 @@ def write_rstp_fixture(
         shuffle=shuffle,
         seed=seed,
     )
+
+
+def render_tiny_benchmark(out: Path) -> Path:
+    """`tbps synth --preset tiny` into `out` (a second or so), for tests that train through the CLI."""
+    from tbps.cli import main
+
+    assert main(["synth", "--out", str(out), "--preset", "tiny", "--seed", "0", "--quiet"]) == 0
+    return out
+
+
+def cli_train_args(config: str, data: Path, out: Path, overrides: list[str]) -> list[str]:
+    """Arguments for `tbps train --config CONFIG` on `data` into `out` with `--set` overrides."""
+    args = ["train", "--config", config, "--out", str(out), "--quiet", "--set", f"data.root={data}"]
+    for s in overrides:
+        args += ["--set", s]
+    return args

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fixtures import cli_train_args, render_tiny_benchmark
 from tbps.cli import CONFIG_DIR, main
 from tbps.config import load_config
 from tbps.data.loader import tokens_to_dict
@@ -332,13 +333,9 @@ TINY_RUN = [
 
 
 def test_train_and_eval_cada_through_the_cli(tmp_path, capsys):
-    data = tmp_path / "tiny"
-    assert main(["synth", "--out", str(data), "--preset", "tiny", "--seed", "0", "--quiet"]) == 0
+    data = render_tiny_benchmark(tmp_path / "tiny")
     run = tmp_path / "run"
-    args = ["train", "--config", "cada_tiny", "--out", str(run), "--quiet", "--set", f"data.root={data}"]
-    for s in TINY_RUN:
-        args += ["--set", s]
-    assert main(args) == 0
+    assert main(cli_train_args("cada_tiny", data, run, TINY_RUN)) == 0
     assert (run / "checkpoints/best/model.safetensors").is_file()
     capsys.readouterr()
     assert main(["eval", str(run), "--split", "test", "--quiet", "--json", str(tmp_path / "m.json")]) == 0

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from fixtures import cli_train_args, render_tiny_benchmark
 from tbps.cli import main
 
 SMALL_MODEL = [
@@ -27,16 +28,11 @@ SMALL_MODEL = [
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("synth") / "tiny"
-    assert main(["synth", "--out", str(out), "--preset", "tiny", "--seed", "0", "--quiet"]) == 0
-    return out
+    return render_tiny_benchmark(tmp_path_factory.mktemp("synth") / "tiny")
 
 
 def _train_args(data, out, *extra):
-    args = ["train", "--config", "irra_tiny", "--out", str(out), "--quiet", "--set", f"data.root={data}"]
-    for s in SMALL_MODEL + list(extra):
-        args += ["--set", s]
-    return args
+    return cli_train_args("irra_tiny", data, out, SMALL_MODEL + list(extra))
 
 
 def _weights(run):

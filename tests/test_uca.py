@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from fixtures import cli_train_args, render_tiny_benchmark
 from tbps.cli import main
 from tbps.data.tokenizers import ClipBpeTokenizer
 from tbps.methods import METHODS, build_method
@@ -301,13 +302,9 @@ SMALL_MODEL = [
 
 
 def test_cli_train_and_eval_report_uncertainty(tmp_path, capsys):
-    data = tmp_path / "tiny"
-    assert main(["synth", "--out", str(data), "--preset", "tiny", "--seed", "0", "--quiet"]) == 0
+    data = render_tiny_benchmark(tmp_path / "tiny")
     run = tmp_path / "run"
-    args = ["train", "--config", "uca_tiny", "--out", str(run), "--quiet", "--set", f"data.root={data}"]
-    for s in SMALL_MODEL:
-        args += ["--set", s]
-    assert main(args) == 0
+    assert main(cli_train_args("uca_tiny", data, run, SMALL_MODEL)) == 0
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert any("pcl_intra" in r and r["pcl_intra"] > 0 for r in log)  # balanced batches give intra positives
     weights = load_file(str(run / "checkpoints" / "best" / "model.safetensors"))

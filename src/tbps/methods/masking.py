@@ -1,7 +1,17 @@
 """Token masking for the reconstruction objectives (MLM in IRRA, attribute masking later)."""
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
+
+
+@lru_cache(maxsize=8)
+def _replacement_pool(vocab_size: int, excluded: frozenset[int]) -> torch.Tensor:
+    """Ids a masked token may be swapped for (BERT's random 10%): every id but the special ones."""
+    keep = torch.ones(vocab_size, dtype=torch.bool)
+    keep[[i for i in excluded if 0 <= i < vocab_size]] = False
+    return keep.nonzero().squeeze(1)
 
 
 def mask_tokens(ids: torch.Tensor, attention_mask: torch.Tensor, special_ids: set[int], mask_id: int,
@@ -33,6 +43,6 @@ def mask_tokens(ids: torch.Tensor, attention_mask: torch.Tensor, special_ids: se
     random_pos = chosen & (action >= 0.8) & (action < 0.9)
     n = int(random_pos.sum())
     if n:
-        pool = torch.tensor(sorted(set(range(vocab_size)) - set(special_ids) - {mask_id}))
+        pool = _replacement_pool(vocab_size, frozenset(special_ids) | {mask_id})
         out[random_pos] = pool[torch.randint(len(pool), (n,), generator=generator)]
     return out, labels
