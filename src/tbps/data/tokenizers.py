@@ -37,6 +37,8 @@ __all__ = [
     "TrainedTokenizer",
     "BertWordPieceTokenizer",
     "load_tokenizer",
+    "tokenizer_from_files",
+    "find_clip_bpe",
     "default_clip_bpe_path",
 ]
 
@@ -610,12 +612,23 @@ _KINDS: dict[str, type[_HFBackedTokenizer]] = {
 
 
 def load_tokenizer(folder: str | Path) -> TextTokenizer:
-    """Rebuild a tokenizer written by `save(folder)`; checks that its ids are what was saved."""
-    folder = Path(folder)
+    """Rebuild a tokenizer written by `save(folder)`; checks that its ids are what was saved.
+
+    Also reads the tokenizer files of a pretrained checkpoint: a folder (or file) with BERT's
+    `vocab.txt` gives `BertWordPieceTokenizer` (+ [DEC]/[ENC]), one with CLIP's `merges.txt` or
+    `bpe_simple_vocab_16e6.txt.gz` gives `ClipBpeTokenizer`.
+    """
+    folder = Path(folder).expanduser()
+    if not (folder / META_FILE).is_file():
+        external = tokenizer_from_files(folder)
+        if external is not None:
+            return external
     meta_path, tok_path = folder / META_FILE, folder / TOKENIZER_FILE
     for p in (meta_path, tok_path):
         if not p.is_file():
-            raise FileNotFoundError(f"tokenizer file not found: {p}")
+            raise FileNotFoundError(f"tokenizer file not found: {p} (a tokenizer folder holds {META_FILE} + "
+                                    f"{TOKENIZER_FILE} saved by tbps, BERT's {BERT_VOCAB_FILE} or CLIP's "
+                                    f"{' / '.join(CLIP_BPE_FILES)})")
     meta = json.loads(meta_path.read_text())
     if meta.get("format") != _META_FORMAT:
         raise ValueError(f"{meta_path}: unsupported format {meta.get('format')!r}")
@@ -629,3 +642,104 @@ def load_tokenizer(folder: str | Path) -> TextTokenizer:
             raise ValueError(f"{folder}: saved {role}={meta[role]} but the loaded tokenizer has "
                              f"{getattr(obj, role)}")
     return obj  # type: ignore[return-value]
+
+
+# ====================================================================== pretrained checkpoints' files
+BERT_VOCAB_FILE = "vocab.txt"
+CLIP_BPE_FILES = ("bpe_simple_vocab_16e6.txt.gz", "merges.txt")
+
+
+def tokenizer_from_files(path: str | Path) -> TextTokenizer | None:
+    """The tokenizer of a pretrained checkpoint's files, or None if `path` holds none.
+
+    `path` is a folder (a Hugging Face model folder, a `bert-base-uncased` folder, ...) or one file:
+    `vocab.txt` -> `BertWordPieceTokenizer.from_vocab` (lower-casing as `tokenizer_config.json`
+    says, default on); `merges.txt` / `bpe_simple_vocab_16e6.txt.gz` -> `ClipBpeTokenizer`, checked
+    against a `vocab.json` beside it when there is one.
+    """
+    p = Path(path).expanduser()
+    if p.is_file():
+        folder, names = p.parent, [p.name]
+    elif p.is_dir():
+        folder, names = p, [BERT_VOCAB_FILE, *CLIP_BPE_FILES]
+    else:
+        return None
+    for name in names:
+        f = folder / name
+        if not f.is_file():
+            continue
+        if name == BERT_VOCAB_FILE:
+            return BertWordPieceTokenizer.from_vocab(f, lowercase=_hf_lowercase(folder))
+        if name in CLIP_BPE_FILES or name.endswith((".txt.gz", "merges.txt")):
+            tok = ClipBpeTokenizer(f)
+            _check_clip_vocab_json(tok, folder / "vocab.json")
+            return tok
+    if p.is_file():
+        raise ValueError(f"{p}: not a tokenizer file (expected {BERT_VOCAB_FILE} or {' / '.join(CLIP_BPE_FILES)})")
+    return None
+
+
+def _hf_lowercase(folder: Path) -> bool:
+    cfg = folder / "tokenizer_config.json"
+    if cfg.is_file():
+        try:
+            return bool(json.loads(cfg.read_text()).get("do_lower_case", True))
+        except (ValueError, OSError):
+            pass
+    return True
+
+
+def _check_clip_vocab_json(tok: ClipBpeTokenizer, vocab_json: Path) -> None:
+    """A Hugging Face CLIP folder's vocab.json must give every token our id (the mask slot aside)."""
+    if not vocab_json.is_file():
+        return
+    theirs = json.loads(vocab_json.read_text(encoding="utf-8"))
+    ours = tok._tok.get_vocab(with_added_tokens=True)
+    skip = {tok.mask_id}
+    wrong = [t for t, i in theirs.items() if i not in skip and ours.get(t) != i]
+    if wrong:
+        raise ValueError(f"{vocab_json}: {len(wrong)} tokens have other ids than the BPE merges give "
+                         f"(e.g. {wrong[:3]}); the vocab.json and merges.txt do not belong together")
+
+
+def find_clip_bpe(user_path: str | Path | None = None, checkpoint_folder: str | Path | None = None) -> Path:
+    """The CLIP BPE vocabulary to use: `user_path` (a file, or a folder holding one), else the
+    checkpoint folder's, else the copy shipped in tbps, else one in an installed `clip` /
+    `open_clip` package. Raises FileNotFoundError naming every place looked at."""
+    tried: list[str] = []
+
+    def in_folder(folder: Path) -> Path | None:
+        for name in CLIP_BPE_FILES:
+            if (folder / name).is_file():
+                return folder / name
+        tried.append(f"{folder}/{{{','.join(CLIP_BPE_FILES)}}}")
+        return None
+
+    if user_path:
+        p = Path(user_path).expanduser()
+        if p.is_file():
+            return p
+        found = in_folder(p) if p.is_dir() else None
+        if found is None:
+            raise FileNotFoundError(f"data.tokenizer_path: CLIP BPE vocabulary not found at {p} "
+                                    f"(expected a file or a folder with {' or '.join(CLIP_BPE_FILES)})")
+        return found
+    if checkpoint_folder and Path(checkpoint_folder).is_dir():
+        found = in_folder(Path(checkpoint_folder))
+        if found is not None:
+            return found
+    packaged = default_clip_bpe_path()
+    if packaged.is_file():
+        return packaged
+    tried.append(str(packaged))
+    import importlib.util
+
+    for pkg in ("clip", "open_clip"):
+        spec = importlib.util.find_spec(pkg)
+        if spec is not None and spec.origin:
+            cand = Path(spec.origin).parent / CLIP_BPE_FILES[0]
+            if cand.is_file():
+                return cand
+            tried.append(str(cand))
+    raise FileNotFoundError("CLIP BPE vocabulary (bpe_simple_vocab_16e6.txt.gz) not found; looked at "
+                            + ", ".join(tried) + ". Set data.tokenizer_path to the file.")

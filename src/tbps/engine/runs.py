@@ -60,7 +60,7 @@ def load_run(path: str | Path, which: str | None = None, device: str | None = No
     import json
 
     meta = json.loads((ckpt / "meta.json").read_text())
-    method = build_model(cfg, tokenizer, int(meta["num_classes"]))
+    method = build_model(cfg, tokenizer, int(meta["num_classes"]), load_pretrained=False)  # trained weights follow
     load_model_weights(ckpt, method)
     dev = resolve_device(device or cfg["train"].get("device", "auto"))
     method.to(dev).eval()
