@@ -7,10 +7,13 @@ from typing import Any
 import torch
 
 from ..data import Dataset, load_dataset
-from ..data.tokenizers import ClipBpeTokenizer, TrainedTokenizer, load_tokenizer
+from ..data.tokenizers import (BertWordPieceTokenizer, ClipBpeTokenizer, TrainedTokenizer, find_clip_bpe,
+                               load_tokenizer, tokenizer_from_files)
 from ..data.transforms import build_transform
 from ..methods import Method, build_method
 from ..models import backbone_config, build_backbone
+from ..models.pretrained import checkpoint_folder
+from ..models.pretrained import load_pretrained as load_pretrained_weights
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -36,9 +39,20 @@ def build_tokenizer(cfg: dict[str, Any], dataset: Dataset | None, run_dir: Path 
         extra = list(cfg["data"].get("tokenizer_extra_special", []))
         tok = TrainedTokenizer.train((s.caption for s in dataset.train),
                                      vocab_size=int(cfg["data"].get("tokenizer_vocab_size", 4000)), extra_special=extra)
-    elif kind == "clip-bpe":
-        tok = ClipBpeTokenizer(cfg["data"].get("tokenizer_path"))
+    elif kind == "clip-bpe":  # data.tokenizer_path, else the checkpoint folder, else the copy shipped in tbps
+        ckpt_dir = checkpoint_folder(cfg.get("backbone", {}).get("pretrained"))
+        tok = ClipBpeTokenizer(find_clip_bpe(cfg["data"].get("tokenizer_path"), ckpt_dir))
+    elif kind == "bert-wordpiece":  # bert-base-uncased vocab.txt + [DEC]/[ENC], from tokenizer_path or the checkpoint
+        src = cfg["data"].get("tokenizer_path") or checkpoint_folder(cfg.get("backbone", {}).get("pretrained"))
+        tok = tokenizer_from_files(src) if src and Path(src).expanduser().exists() else None
+        if not isinstance(tok, BertWordPieceTokenizer):
+            raise FileNotFoundError(f"data.tokenizer=bert-wordpiece needs bert-base-uncased's vocab.txt, not found "
+                                    f"{'in ' + str(src) if src else 'anywhere'}: set data.tokenizer_path to a "
+                                    "bert-base-uncased folder (or its vocab.txt)")
     else:
+        if not Path(kind).expanduser().exists():
+            raise FileNotFoundError(f"data.tokenizer: {kind} is not trained, clip-bpe or bert-wordpiece, and no such "
+                                    "tokenizer folder exists (for CADA: a bert-base-uncased folder holding vocab.txt)")
         tok = load_tokenizer(kind)
     if saved is not None:
         tok.save(saved)
@@ -54,7 +68,9 @@ def build_transforms(cfg: dict[str, Any], image_size: tuple[int, int]):
     return train, test
 
 
-def build_model(cfg: dict[str, Any], tokenizer: Any, num_classes: int) -> Method:
+def build_model(cfg: dict[str, Any], tokenizer: Any, num_classes: int, load_pretrained: bool = True) -> Method:
+    """The method named by the config; with `backbone.pretrained` set (and `load_pretrained`), its weights
+    are read from that local path (tbps.models.pretrained). Pass False when trained weights follow anyway."""
     b = cfg["backbone"]
     overrides = dict(b.get("overrides") or {})
     if cfg["data"].get("image_size"):
@@ -67,7 +83,13 @@ def build_model(cfg: dict[str, Any], tokenizer: Any, num_classes: int) -> Method
     backbone = build_backbone(bcfg)
     m = dict(cfg["method"])
     name = m.pop("name")
-    return build_method(name, m, backbone, num_classes, tokenizer)
+    method = build_method(name, m, backbone, num_classes, tokenizer)
+    if b.get("pretrained") and load_pretrained:
+        report = load_pretrained_weights(method, b["pretrained"], allow_missing=b.get("pretrained_allow_missing") or (),
+                                         trust_pickle=bool(b.get("pretrained_trust_pickle", False)),
+                                         what=f"backbone.pretrained ({b['name']} weights)")
+        print(f"pretrained: {report.summary()}")
+    return method
 
 
 def image_size_of(method: Method) -> tuple[int, int]:

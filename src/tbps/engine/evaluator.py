@@ -12,23 +12,44 @@ from ..data.loader import ImageList, tokens_to_dict
 from ..data.records import EvalSplit
 from ..evaluation import rank_metrics
 from ..methods import Method
+from .distributed import all_gather_cat, get_rank, get_world_size
 
 
 @torch.no_grad()
 def encode_split(method: Method, split: EvalSplit, tokenizer: Any, transform: Callable, max_len: int,
                  device: torch.device, batch_size: int = 128, num_workers: int = 0,
                  progress: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """-> (text features, image features), each a dict of tensors stacked over the split."""
+    """-> (text features, image features), each a dict of tensors stacked over the split.
+
+    Under multi-process training each process encodes a contiguous shard of the gallery and of
+    the queries, and every process gets the gathered features of the whole split.
+    """
     method.eval()
-    loader = DataLoader(ImageList(split.image_paths, transform), batch_size=batch_size, num_workers=num_workers)
+    rank, world = get_rank(), get_world_size()
+    img_lo, img_hi = _shard_range(len(split.image_paths), rank, world)
+    q_lo, q_hi = _shard_range(split.num_queries, rank, world)
+    loader = DataLoader(ImageList(split.image_paths[img_lo:img_hi], transform), batch_size=batch_size,
+                        num_workers=num_workers, pin_memory=device.type == "cuda")
     image_parts: list[dict[str, torch.Tensor]] = []
     for images in tqdm(loader, desc="gallery", disable=not progress, leave=False):
-        image_parts.append({k: v.cpu() for k, v in method.encode_images(images.to(device)).items()})
+        image_parts.append({k: v.cpu() for k, v in method.encode_images(images.to(device, non_blocking=True)).items()})
     text_parts: list[dict[str, torch.Tensor]] = []
-    for i in tqdm(range(0, split.num_queries, batch_size), desc="queries", disable=not progress, leave=False):
-        tb = tokens_to_dict(tokenizer.encode(split.captions[i:i + batch_size], max_len))
+    for i in tqdm(range(q_lo, q_hi, batch_size), desc="queries", disable=not progress, leave=False):
+        tb = tokens_to_dict(tokenizer.encode(split.captions[i:min(i + batch_size, q_hi)], max_len))
         text_parts.append({k: v.cpu() for k, v in method.encode_texts({k: v.to(device) for k, v in tb.items()}).items()})
-    return _stack(text_parts), _stack(image_parts)
+    text, image = _stack(text_parts), _stack(image_parts)
+    if world > 1:
+        text, image = _gather_features(text, device), _gather_features(image, device)
+    return text, image
+
+
+def _shard_range(n: int, rank: int, world: int) -> tuple[int, int]:
+    return n * rank // world, n * (rank + 1) // world
+
+
+def _gather_features(feats: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """Concatenate every process's features in rank order (on `device` for NCCL, back on the CPU)."""
+    return {k: all_gather_cat(v.to(device)).cpu() for k, v in sorted(feats.items())}
 
 
 def _stack(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -1,5 +1,9 @@
 """The training loop: one function, `train`, from a resolved config to a run folder.
 
+One process (CPU or one GPU) or several under torchrun (`engine.distributed`): each process
+takes B / N of every global batch of B, losses over the batch use features gathered from all
+of them, DDP averages the gradients, rank 0 writes the logs and checkpoints.
+
 Run folder layout:
   config.yaml            the resolved config
   tokenizer/             the tokenizer (trained on the training captions for tiny models)
@@ -15,14 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..config import save_config
-from ..data.loader import EpochSampler, TrainCollate, TrainPairs, generator_for
+from ..data.loader import (EpochSampler, ImageCache, ShardedBatchSampler, TrainCollate, TrainPairs, generator_for,
+                           warm_collate_extras)
 from ..utils import JsonlLogger, seed_everything
 from .build import build_model, build_tokenizer, build_transforms, image_size_of, load_data, resolve_device
 from .checkpoint import load_model_weights, load_trainer_state, resolve_checkpoint, save_checkpoint
+from .distributed import DistInfo, all_true, barrier, cleanup_distributed, init_distributed, reduce_mean
 from .evaluator import evaluate
 
 
@@ -61,44 +68,180 @@ def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_s
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _autocast(device: torch.device, amp: str | None):
-    if amp in (None, "none", "fp32"):
-        return torch.autocast(device.type, enabled=False)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-    return torch.autocast(device.type, dtype=dtype)
+# ----------------------------------------------------------------------------- precision and memory
 
+def check_amp(amp: str | None, device: torch.device) -> str | None:
+    """Validate `train.amp`: None/fp32, bf16 (CPU or GPU) or fp16 (GPU only, with a gradient scaler)."""
+    if amp in (None, "none", "fp32"):
+        return None
+    if amp not in ("bf16", "fp16"):
+        raise ValueError(f"unknown train.amp {amp!r}; use null (fp32), bf16 or fp16")
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError(f"train.amp=fp16 needs a CUDA device (it relies on a gradient scaler); the run is on "
+                         f"{device.type}: use train.amp=bf16 there")
+    return amp
+
+
+def autocast(device: torch.device, amp: str | None):
+    """Mixed precision for the encoders. Losses on similarities and distributions switch it off
+    again locally and run in fp32 (`methods.losses`, `methods.distributions`)."""
+    if amp is None:
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[amp])
+
+
+def set_grad_checkpointing(method: torch.nn.Module, enabled: bool = True) -> int:
+    """Recompute transformer blocks in the backward pass instead of storing their activations.
+
+    Every transformer stack (`models.layers.Transformer`, `models.text.BertTextModel`) honours its
+    `grad_checkpointing` flag while training; returns how many stacks were switched."""
+    n = 0
+    for m in method.modules():
+        if hasattr(m, "grad_checkpointing") and isinstance(getattr(m, "grad_checkpointing"), bool):
+            m.grad_checkpointing = enabled
+            n += 1
+    return n
+
+
+def compile_transformers(method: torch.nn.Module, **options: Any) -> int:
+    """`torch.compile` each transformer stack in place (`nn.Module.compile`: parameter names and
+    checkpoints are unchanged). The losses stay eager: they hold Python-side masking and sampling,
+    which would only break graphs. Returns how many modules were compiled."""
+    targets = [m for m in method.modules() if hasattr(m, "grad_checkpointing")]
+    outer = [m for m in targets if not any(m is not o and any(c is m for c in o.modules()) for o in targets)]
+    for m in outer:
+        m.compile(**options)
+    return len(outer)
+
+
+# ----------------------------------------------------------------------------- data
+
+def build_train_loader(cfg: dict[str, Any], dataset: Any, tokenizer: Any, method: torch.nn.Module,
+                       transform: Any, device: torch.device, rank: int = 0, world_size: int = 1,
+                       log: Any = print) -> tuple[DataLoader, ShardedBatchSampler, TrainPairs]:
+    """The training loader of one process: global batches of `train.batch_size`, this rank's shard.
+
+    data.num_workers worker processes (persistent across epochs unless data.persistent_workers is
+    false), pinned memory on CUDA (data.pin_memory: auto | true | false), the method's attribute
+    spans computed once per dataset before the workers start, and with data.cache_images the
+    decoded, resized images held in memory.
+    """
+    tcfg, dcfg = cfg["train"], cfg["data"]
+    seed = int(cfg.get("seed", 0))
+    max_len = int(dcfg["max_text_len"])
+    extras = getattr(method, "collate_extras", None)
+    if extras is not None and dcfg.get("cache_attributes", True):
+        t0 = time.time()
+        n = warm_collate_extras(extras, [s.caption for s in dataset.train], tokenizer, max_len)
+        log(f"attribute spans of {n} captions computed once ({time.time() - t0:.1f} s)")
+    cache = None
+    if dcfg.get("cache_images", False):
+        t0 = time.time()
+        h, w = transform.height, transform.width
+        cache = ImageCache([s.image_path for s in dataset.train], h, w, threads=dcfg.get("cache_threads"))
+        log(f"image cache: {len(cache.row)} images at {h}x{w}, {cache.nbytes / 2**20:.0f} MiB "
+            f"({time.time() - t0:.1f} s)")
+    pairs = TrainPairs(dataset.train, transform, seed, image_cache=cache)
+    sampler = EpochSampler(len(pairs), seed, [s.pid for s in dataset.train], int(dcfg.get("instances_per_id", 1)))
+    batches = ShardedBatchSampler(sampler, int(tcfg["batch_size"]), rank, world_size)
+    workers = int(dcfg.get("num_workers", 0))
+    pin = dcfg.get("pin_memory", "auto")
+    pin = device.type == "cuda" if pin in (None, "auto") else bool(pin) and device.type == "cuda"
+    extra_args: dict[str, Any] = {}
+    if workers > 0:
+        extra_args["persistent_workers"] = bool(dcfg.get("persistent_workers", True))
+        extra_args["prefetch_factor"] = int(dcfg.get("prefetch_factor", 2))
+    loader = DataLoader(pairs, batch_sampler=batches, num_workers=workers,
+                        collate_fn=TrainCollate(tokenizer, max_len, extras), pin_memory=pin, **extra_args)
+    return loader, batches, pairs
+
+
+# ----------------------------------------------------------------------------- one step
+
+def optimisation_step(model: torch.nn.Module, batch: dict[str, Any], optimizer: torch.optim.Optimizer,
+                      scaler: torch.amp.GradScaler, device: torch.device, amp: str | None,
+                      grad_clip: float | None = None, step: int = 0) -> dict[str, torch.Tensor]:
+    """Forward under autocast, backward (scaled for fp16), optional clipping, optimizer step.
+
+    `model` is the method or its DDP wrapper. Returns this process's loss parts (tensors)."""
+    with autocast(device, amp):
+        losses = model(batch)
+    loss = losses["loss"]
+    if not all_true(bool(torch.isfinite(loss.detach())), device):
+        raise FloatingPointError(f"loss is not finite at step {step}: "
+                                 f"{ {k: float(v) for k, v in losses.items()} }")
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), float(grad_clip))
+    scaler.step(optimizer)
+    scaler.update()
+    return losses
+
+
+def train_device(tcfg: dict[str, Any], dist_info: DistInfo) -> torch.device:
+    device = resolve_device(tcfg.get("device", "auto"))
+    if dist_info.enabled and device.type == "cuda":
+        return torch.device("cuda", dist_info.local_rank)  # one GPU per process
+    return device
+
+
+# ----------------------------------------------------------------------------- the loop
 
 def train(cfg: dict[str, Any], run_dir: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train `cfg` into `run_dir`; with `resume`, continue from `run_dir/checkpoints/last`."""
-    run_dir = Path(run_dir)
+    """Train `cfg` into `run_dir`; with `resume`, continue from `run_dir/checkpoints/last`.
+
+    Under torchrun every process calls this; rank 0 alone writes logs and checkpoints.
+    """
+    tcfg = cfg["train"]
+    dist_info = init_distributed(tcfg.get("dist_backend", "auto"), tcfg.get("device", "auto"))
+    summary = _train(cfg, Path(run_dir), resume, progress, dist_info)
+    cleanup_distributed(dist_info)  # not reached after an error: torchrun stops the other ranks
+    return summary
+
+
+def _train(cfg: dict[str, Any], run_dir: Path, resume: bool, progress: bool, dist_info: DistInfo) -> dict[str, Any]:
     tcfg, dcfg = cfg["train"], cfg["data"]
+    main = dist_info.is_main
+    log = print if main else (lambda *a, **k: None)
+    progress = progress and main
     seed = int(cfg.get("seed", 0))
     last_dir = run_dir / "checkpoints" / "last"
     resume_from = resolve_checkpoint(last_dir) if resume else None
     if resume and resume_from is None:
-        print(f"no checkpoint under {last_dir}; starting from scratch")
+        log(f"no checkpoint under {last_dir}; starting from scratch")
     if not resume and resolve_checkpoint(last_dir) is not None:
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
+    barrier()  # every rank has checked the folder before rank 0 writes into it
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
     seed_everything(seed)
-    device = resolve_device(tcfg.get("device", "auto"))
+    device = train_device(tcfg, dist_info)
+    amp = check_amp(tcfg.get("amp"), device)
 
     dataset = load_data(cfg)
-    tokenizer = build_tokenizer(cfg, dataset, run_dir)
-    method = build_model(cfg, tokenizer, dataset.num_train_ids).to(device)
+    if main:  # rank 0 trains and saves the tokenizer; the others load it
+        tokenizer = build_tokenizer(cfg, dataset, run_dir)
+    barrier()
+    if not main:
+        tokenizer = build_tokenizer(cfg, dataset, run_dir)
+    method = build_model(cfg, tokenizer, dataset.num_train_ids, load_pretrained=resume_from is None).to(device)
+    if tcfg.get("grad_checkpointing"):
+        set_grad_checkpointing(method, True)
+    if tcfg.get("compile"):
+        compile_transformers(method, **(tcfg.get("compile_options") or {}))
+    model: torch.nn.Module = method
+    if dist_info.enabled:
+        model = DistributedDataParallel(method, find_unused_parameters=bool(tcfg.get("find_unused_parameters", False)))
     train_tf, test_tf = build_transforms(cfg, image_size_of(method))
     max_len = int(dcfg["max_text_len"])
 
-    pairs = TrainPairs(dataset.train, train_tf, seed)
-    instances = int(dcfg.get("instances_per_id", 1))
-    sampler = EpochSampler(len(pairs), seed, [s.pid for s in dataset.train], instances)
-    batch_size = int(tcfg["batch_size"])
-    extras = getattr(method, "collate_extras", None)
-    loader = DataLoader(pairs, batch_size=batch_size, sampler=sampler, drop_last=True,
-                        num_workers=int(dcfg.get("num_workers", 0)), collate_fn=TrainCollate(tokenizer, max_len, extras),
-                        pin_memory=device.type == "cuda", persistent_workers=False)
-    steps_per_epoch = len(sampler) // batch_size
+    batch_size = int(tcfg["batch_size"])  # the global batch, split evenly over the processes
+    loader, batches, pairs = build_train_loader(cfg, dataset, tokenizer, method, train_tf, device,
+                                                dist_info.rank, dist_info.world_size, log)
+    steps_per_epoch = batches.batches_per_epoch()
     if steps_per_epoch == 0:
         raise ValueError(f"train.batch_size={batch_size} exceeds the {len(pairs)} training pairs")
     epochs = int(tcfg["epochs"])
@@ -106,7 +249,7 @@ def train(cfg: dict[str, Any], run_dir: str | Path, resume: bool = False, progre
     optimizer = build_optimizer(method, tcfg)
     scheduler = build_scheduler(optimizer, total_steps, int(float(tcfg.get("warmup_epochs", 0)) * steps_per_epoch),
                                 float(tcfg.get("min_lr_ratio", 0.0)))
-    scaler = torch.amp.GradScaler(enabled=tcfg.get("amp") == "fp16" and device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_r1": -1.0, "best_epoch": None}
     if resume_from is not None:
@@ -117,12 +260,17 @@ def train(cfg: dict[str, Any], run_dir: str | Path, resume: bool = False, progre
         scaler.load_state_dict(ts["scaler"])
         state.update(ts["counters"])
         torch.set_rng_state(ts["torch_rng"])
-        print(f"resuming from {resume_from} at epoch {state['epoch']} step {state['step_in_epoch']}")
+        log(f"resuming from {resume_from} at epoch {state['epoch']} step {state['step_in_epoch']}")
 
-    logger = JsonlLogger(run_dir / "log.jsonl")
-    tb = _tensorboard(run_dir / "tb")
+    logger = JsonlLogger(run_dir / "log.jsonl") if main else None
+    tb = _tensorboard(run_dir / "tb") if main else None
+    if logger is not None and dist_info.enabled:
+        logger.log({"step": state["global_step"], "world_size": dist_info.world_size, "backend": dist_info.backend,
+                    "per_process_batch": batch_size // dist_info.world_size})
 
     def checkpoint(name: str, meta_extra: dict[str, Any] | None = None) -> None:
+        if not main:
+            return
         trainer_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                          "scaler": scaler.state_dict(), "counters": dict(state), "torch_rng": torch.get_rng_state()}
         meta = {"method": cfg["method"]["name"], "backbone": cfg["backbone"]["name"], "num_classes": dataset.num_train_ids,
@@ -134,15 +282,14 @@ def train(cfg: dict[str, Any], run_dir: str | Path, resume: bool = False, progre
     stop_after = tcfg.get("stop_after_steps")  # simulates a killed run (tests, debugging)
     val_split = dataset.val
     val_metrics: dict[str, Any] | None = None
-    amp = tcfg.get("amp")
     grad_clip = tcfg.get("grad_clip")
     start_time = time.time()
     pairs_seen, train_seconds = 0, 0.0  # throughput counts training steps only, not validation
 
     for epoch in range(state["epoch"], epochs):
-        method.train()
+        model.train()
         pairs.set_epoch(epoch)
-        sampler.set_epoch(epoch, start=state["step_in_epoch"] * batch_size)
+        batches.set_epoch(epoch, start_batch=state["step_in_epoch"])
         bar = tqdm(loader, total=steps_per_epoch - state["step_in_epoch"], desc=f"epoch {epoch + 1}/{epochs}",
                    disable=not progress, dynamic_ncols=True)
         window_t, window_n = time.time(), 0
@@ -150,60 +297,53 @@ def train(cfg: dict[str, Any], run_dir: str | Path, resume: bool = False, progre
         for batch in bar:
             batch = _to_device(batch, device)
             batch["mask_generator"] = generator_for(seed, state["global_step"], 104729)
-            with _autocast(device, amp):
-                losses = method(batch)
-            loss = losses["loss"]
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {state['global_step']}: "
-                                         f"{ {k: float(v) for k, v in losses.items()} }")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(method.parameters(), float(grad_clip))
-            scaler.step(optimizer)
-            scaler.update()
+            losses = optimisation_step(model, batch, optimizer, scaler, device, amp, grad_clip, state["global_step"])
             scheduler.step()
             state["global_step"] += 1
             state["step_in_epoch"] += 1
             pairs_seen += batch_size
             window_n += batch_size
             if state["global_step"] % log_every == 0 or state["step_in_epoch"] == steps_per_epoch:
+                parts = reduce_mean(losses)  # the global batch's loss parts (mean over processes)
                 rate = window_n / max(1e-9, time.time() - window_t)
                 window_t, window_n = time.time(), 0
-                record = {"step": state["global_step"], "epoch": epoch + state["step_in_epoch"] / steps_per_epoch,
-                          "lr": scheduler.get_last_lr()[0], "pairs_per_s": rate,
-                          **{k: float(v.detach()) for k, v in losses.items()}}
-                logger.log(record)
-                if tb is not None:
-                    for k, v in record.items():
-                        if k not in ("step", "epoch"):
-                            tb.add_scalar(f"train/{k}", v, state["global_step"])
-                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", pairs_s=f"{rate:.0f}")
+                if main:
+                    record = {"step": state["global_step"], "epoch": epoch + state["step_in_epoch"] / steps_per_epoch,
+                              "lr": scheduler.get_last_lr()[0], "pairs_per_s": rate, **parts}
+                    logger.log(record)
+                    if tb is not None:
+                        for k, v in record.items():
+                            if k not in ("step", "epoch"):
+                                tb.add_scalar(f"train/{k}", v, state["global_step"])
+                    bar.set_postfix(loss=f"{parts['loss']:.3f}", pairs_s=f"{rate:.0f}")
             if ckpt_every and state["global_step"] % ckpt_every == 0 and state["step_in_epoch"] < steps_per_epoch:
                 checkpoint("last")
             if stop_after is not None and state["global_step"] >= int(stop_after):
                 bar.close()
                 train_seconds += time.time() - epoch_t
-                return {"stopped_at_step": state["global_step"], "run_dir": str(run_dir)}
+                barrier()
+                return {"stopped_at_step": state["global_step"], "run_dir": str(run_dir),
+                        "pairs_per_s": pairs_seen / max(train_seconds, 1e-9)}
         bar.close()
         train_seconds += time.time() - epoch_t
         state["epoch"], state["step_in_epoch"] = epoch + 1, 0
         eval_every = int(tcfg.get("eval_every", 1))
         if val_split is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
+            # every process encodes a shard of the split; all of them score the gathered features
             val_metrics = evaluate(method, val_split, tokenizer, test_tf, max_len, device,
                                    int(cfg.get("eval", {}).get("batch_size", 128)), progress=progress, validation=True)
             val_metrics.pop("extra", None)
             r1 = max(m["R1"] for m in val_metrics.values())
-            logger.log({"step": state["global_step"], "epoch": epoch + 1, "split": "val", **_flat(val_metrics)})
-            if tb is not None:
-                for k, v in _flat(val_metrics).items():
-                    tb.add_scalar(f"val/{k}", v, state["global_step"])
+            if main:
+                logger.log({"step": state["global_step"], "epoch": epoch + 1, "split": "val", **_flat(val_metrics)})
+                if tb is not None:
+                    for k, v in _flat(val_metrics).items():
+                        tb.add_scalar(f"val/{k}", v, state["global_step"])
             if r1 > state["best_r1"]:
                 state["best_r1"], state["best_epoch"] = r1, epoch + 1
                 checkpoint("best", {"val": val_metrics})
-            print(f"epoch {epoch + 1}: val " + ", ".join(f"{t} R1 {m['R1']:.2f} mAP {m['mAP']:.2f}"
-                                                        for t, m in val_metrics.items()))
+            log(f"epoch {epoch + 1}: val " + ", ".join(f"{t} R1 {m['R1']:.2f} mAP {m['mAP']:.2f}"
+                                                      for t, m in val_metrics.items()))
         checkpoint("last")
     if val_split is None:  # no validation split (ICFG-PEDES): the last epoch is the selected model
         checkpoint("best", {"selection": "last epoch (no validation split)"})
@@ -211,10 +351,11 @@ def train(cfg: dict[str, Any], run_dir: str | Path, resume: bool = False, progre
     summary = {"run_dir": str(run_dir), "epochs": epochs, "global_step": state["global_step"],
                "best_val_r1": state["best_r1"], "best_epoch": state["best_epoch"], "val": val_metrics,
                "seconds": elapsed, "train_seconds": train_seconds,
-               "pairs_per_s": pairs_seen / max(train_seconds, 1e-9)}
-    logger.log({"summary": summary})
-    if tb is not None:
-        tb.close()
+               "pairs_per_s": pairs_seen / max(train_seconds, 1e-9), "world_size": dist_info.world_size}
+    if main:
+        logger.log({"summary": summary})
+        if tb is not None:
+            tb.close()
     return summary
 
 

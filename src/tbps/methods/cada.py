@@ -25,13 +25,14 @@ from ..models import Backbone
 from ..models.heads import LMHead, MatchHead
 from ..models.text import BertTextModel
 from . import METHODS
-from .base import Method
-from .losses import identity_targets, masked_token_loss
+from .base import Method, shard_of
+from .losses import gather, global_mean, identity_targets, masked_token_loss
 
 DEFAULTS: dict[str, Any] = {
     "logit_scale": 50.0,             # fixed NDF logit scale (1 / 0.02)
     "hard_negative_sim": "cosine",   # cosine | dot (official: unnormalised projections); argmax only
     "groups": 2,                     # G groups of text positions for group matching
+    "group_weight": 1.0,             # ATP = ITM + group_weight * group matching (0: ITM only, for ablations)
     "group_pooling": "padding_aware",  # padding_aware | official (fixed chunks of 1..len-1, padding included)
     "official_group_len": 73,        # the official tokenizer's padded length (official pooling only)
     "ara_masking": "token",          # token | phrase
@@ -56,12 +57,13 @@ def ndf_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, image_pids: torch.
     The (1/N) is what the official code gets by averaging the KL terms over all N x N elements.
     """
     text_pids = image_pids if text_pids is None else text_pids
-    v = F.normalize(image_emb.float(), dim=-1)
-    t = F.normalize(text_emb.float(), dim=-1)
-    logits_i2t = logit_scale * v @ t.t()
-    loss_i2t = _ndf_direction(logits_i2t, identity_targets(image_pids, text_pids), eps)
-    loss_t2i = _ndf_direction(logits_i2t.t(), identity_targets(text_pids, image_pids), eps)
-    return (loss_i2t + loss_t2i) / 2
+    with torch.autocast(image_emb.device.type, enabled=False):  # logits at scale 50 need fp32
+        v = F.normalize(image_emb.float(), dim=-1)
+        t = F.normalize(text_emb.float(), dim=-1)
+        logits_i2t = logit_scale * v @ t.t()
+        loss_i2t = _ndf_direction(logits_i2t, identity_targets(image_pids, text_pids), eps)
+        loss_t2i = _ndf_direction(logits_i2t.t(), identity_targets(text_pids, image_pids), eps)
+        return (loss_i2t + loss_t2i) / 2
 
 
 def _ndf_direction(logits: torch.Tensor, q: torch.Tensor, eps: float) -> torch.Tensor:
@@ -88,7 +90,8 @@ def mine_hard_negatives(text_emb: torch.Tensor, image_emb: torch.Tensor, text_pi
     """
     if normalize:
         text_emb, image_emb = F.normalize(text_emb.float(), dim=-1), F.normalize(image_emb.float(), dim=-1)
-    sim_t2i = text_emb.float() @ image_emb.float().t()
+    with torch.autocast(text_emb.device.type, enabled=False):
+        sim_t2i = text_emb.float() @ image_emb.float().t()
     same = text_pids[:, None] == image_pids[None, :]
     t2i = sim_t2i.masked_fill(same, float("-inf"))
     i2t = sim_t2i.t().masked_fill(same.t(), float("-inf"))
@@ -206,17 +209,20 @@ class CADA(Method):
         w = self.cfg["loss_weights"]
         bb = self.backbone
         tok = batch["tokens"]
-        ids, mask, pids = tok["ids"], tok["attention_mask"], batch["pids"]
+        ids, mask = tok["ids"], tok["attention_mask"]
         image_emb, image_tokens = bb.encode_image(batch["images"])
         text_emb, _ = bb.encode_text(ids, mask)
+        glob, rows = shard_of(batch)  # multi-process: the global batch and this rank's rows
+        image_emb_g, text_emb_g = gather(image_emb), gather(text_emb)  # negatives from the global batch
         losses: dict[str, torch.Tensor] = {}
         total = 0.0
         if w["glb"]:
-            losses["glb"] = ndf_loss(image_emb, text_emb, pids, logit_scale=self.cfg["logit_scale"])
+            losses["glb"] = ndf_loss(image_emb_g, text_emb_g, glob["pids"], logit_scale=self.cfg["logit_scale"])
             total = total + w["glb"] * losses["glb"]
         if w["atp"]:
-            losses["itm"], losses["group"] = self._atp_losses(ids, mask, pids, image_emb, text_emb, image_tokens)
-            losses["atp"] = losses["itm"] + losses["group"]
+            losses["itm"], losses["group"] = self._atp_losses(glob["tokens"], glob["pids"], rows, image_emb_g,
+                                                              text_emb_g, image_tokens)
+            losses["atp"] = losses["itm"] + float(self.cfg["group_weight"]) * losses["group"]
             total = total + w["atp"] * losses["atp"]
         if w["ara"]:
             losses["ara"] = self._ara_loss(batch, image_tokens)
@@ -224,32 +230,42 @@ class CADA(Method):
         losses["loss"] = total
         return losses
 
-    def _atp_losses(self, ids: torch.Tensor, mask: torch.Tensor, pids: torch.Tensor, image_emb: torch.Tensor,
+    def _atp_losses(self, tokens: dict[str, torch.Tensor], pids: torch.Tensor, rows: slice, image_emb: torch.Tensor,
                     text_emb: torch.Tensor, image_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """ITM on [ENC] over B positives + 2B hard negatives, and group matching on the same passes."""
-        B = ids.shape[0]
+        """ITM on [ENC] over B positives + 2B hard negatives, and group matching on the same passes.
+
+        `tokens`, `pids`, `image_emb`, `text_emb` cover the global batch; `image_tokens` and `rows`
+        are this process's (all of them with one process). Each local text is paired with its
+        hardest negative image of the global batch, whose tokens are gathered with gradient, and
+        each local image with its hardest negative text (re-encoded here from its token ids).
+        """
+        ids, mask = tokens["ids"], tokens["attention_mask"]
         if self.cfg["group_pooling"] == "official":
             ids, mask = _pad_to(ids, mask, int(self.cfg["official_group_len"]), self.tokenizer.pad_id)
         enc_ids = ids.clone()
         enc_ids[:, 0] = self.enc_id
         neg_img, neg_txt, ok_t, ok_i = mine_hard_negatives(text_emb, image_emb, pids, pids,
                                                             normalize=self.cfg["hard_negative_sim"] == "cosine")
+        neg_img, neg_txt, ok_t, ok_i = neg_img[rows], neg_txt[rows], ok_t[rows], ok_i[rows]
+        pool = gather(image_tokens)  # the hard-negative image pool: the global batch's image tokens
+        local_ids, local_mask = enc_ids[rows], mask[rows]
+        B = local_ids.shape[0]
         # one pass over [positives; each text with its hard image; each image with its hard text]
-        all_ids = torch.cat([enc_ids, enc_ids, enc_ids[neg_txt]])
-        all_mask = torch.cat([mask, mask, mask[neg_txt]])
-        all_img = torch.cat([image_tokens, image_tokens[neg_img], image_tokens])
+        all_ids = torch.cat([local_ids, local_ids, enc_ids[neg_txt]])
+        all_mask = torch.cat([local_mask, local_mask, mask[neg_txt]])
+        all_img = torch.cat([image_tokens, pool[neg_img], image_tokens])
         hidden = self.backbone.text(all_ids, all_mask, all_img)
         labels = torch.cat([torch.ones(B), torch.zeros(2 * B)]).long().to(ids.device)
         keep = torch.cat([torch.ones(B, dtype=torch.bool, device=ids.device), ok_t, ok_i]).float()
         itm = F.cross_entropy(self.itm_head(hidden[:, 0]).float(), labels, reduction="none")
-        itm = (itm * keep).sum() / keep.sum()
+        itm = global_mean((itm * keep).sum(), keep.sum())
         pooled, valid = group_pool(hidden, all_mask, int(self.cfg["groups"]), self.cfg["group_pooling"],
                                    int(self.cfg["official_group_len"]))
         G = pooled.shape[1]
         group = F.cross_entropy(self.group_head(pooled).float().flatten(0, 1), labels.repeat_interleave(G),
                                 reduction="none")
         gkeep = (valid.float() * keep[:, None]).flatten()
-        group = (group * gkeep).sum() / gkeep.sum().clamp(min=1)
+        group = global_mean((group * gkeep).sum(), gkeep.sum(), min_count=1)
         return itm, group
 
     def _ara_loss(self, batch: dict[str, Any], image_tokens: torch.Tensor) -> torch.Tensor:
@@ -259,12 +275,14 @@ class CADA(Method):
         ids, mask = tok["ids"], tok["attention_mask"]
         if "attr_flags" not in batch:  # batches built without the training collate (e.g. by hand)
             batch = {**batch, **self._extras_for(batch["captions"], ids.shape[1])}
+        glob, rows = shard_of(batch)  # masks are drawn for the global batch; this rank keeps its rows
+        g_ids, g_mask = glob["tokens"]["ids"], glob["tokens"]["attention_mask"]
         t = self.tokenizer
         mode = self.cfg["ara_masking"]
-        masked, labels = ara_mask(ids.cpu(), mask.cpu(), t.special_ids, t.mask_id, batch["mask_generator"],
-                                  flags=batch["attr_flags"].cpu(), phrase_ids=batch["attr_phrase_ids"].cpu(),
+        masked, labels = ara_mask(g_ids.cpu(), g_mask.cpu(), t.special_ids, t.mask_id, batch["mask_generator"],
+                                  flags=glob["attr_flags"].cpu(), phrase_ids=glob["attr_phrase_ids"].cpu(),
                                   mode=mode, prob=self.cfg["ara_prob" if mode == "token" else "ara_phrase_prob"])
-        masked, labels = masked.to(ids.device), labels.to(ids.device)
+        masked, labels = masked[rows].to(ids.device), labels[rows].to(ids.device)
         masked[:, 0] = self.dec_id
         hidden = self.text_decoder(masked, mask, image_tokens, causal=True)
         chosen = labels != -100

@@ -75,14 +75,18 @@ def paired_distance(kind: str, mu1: torch.Tensor, logvar1: torch.Tensor, mu2: to
         return d + logvar1.float().exp().sum(-1) + logvar2.float().exp().sum(-1)
 
 
-def sample_points(mu: torch.Tensor, logvar: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+def sample_points(mu: torch.Tensor, logvar: torch.Tensor, k: int, generator: torch.Generator,
+                  offset: int = 0, total: int | None = None) -> torch.Tensor:
     """K reparameterised samples per item, projected back to the unit sphere: [B, K, D].
 
     The noise is drawn from `generator` (a CPU generator) and moved to the device, so the same
-    seed gives the same samples on any device and a resumed run sees the same noise.
+    seed gives the same samples on any device and a resumed run sees the same noise. Under
+    multi-process training the B items are rows `offset..` of a global batch of `total`: the
+    noise is drawn for all `total` rows (as one process would) and these rows are kept.
     """
-    eps = torch.randn((mu.shape[0], k, mu.shape[1]), generator=generator, dtype=torch.float32)
-    eps = eps.to(mu.device)
+    total = mu.shape[0] if total is None else int(total)
+    eps = torch.randn((total, k, mu.shape[1]), generator=generator, dtype=torch.float32)
+    eps = eps[offset:offset + mu.shape[0]].to(mu.device)
     with fp32(mu.device):
         sigma = (0.5 * logvar.float()).exp()
         return F.normalize(mu.float()[:, None, :] + sigma[:, None, :] * eps, dim=-1)

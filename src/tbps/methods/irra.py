@@ -10,8 +10,8 @@ from torch import nn
 from ..models import Backbone
 from ..models.fusion import CrossModalEncoder, MLMHead
 from . import METHODS
-from .base import Method
-from .losses import id_loss, masked_token_loss, sdm_loss
+from .base import Method, shard_of
+from .losses import gather, id_loss, masked_token_loss, sdm_loss
 from .masking import mask_tokens
 
 DEFAULTS: dict[str, Any] = {
@@ -52,22 +52,24 @@ class IRRA(Method):
         tok = batch["tokens"]
         image_emb, image_tokens = bb.encode_image(batch["images"])
         text_emb, _ = bb.encode_text(tok["ids"], tok["attention_mask"], tok["eot_index"])
+        glob, rows = shard_of(batch)  # multi-process: the global batch and this rank's rows
         losses: dict[str, torch.Tensor] = {}
-        if w["sdm"]:
-            losses["sdm"] = sdm_loss(image_emb, text_emb, batch["pids"], self.temperature())
+        if w["sdm"]:  # over the global batch (features gathered with gradient)
+            losses["sdm"] = sdm_loss(gather(image_emb), gather(text_emb), glob["pids"], self.temperature())
         if w["id"]:
             losses["id"] = id_loss(self.classifier, image_emb.float(), text_emb.float(), batch["pids"])
         if w["mlm"]:
-            losses["mlm"] = self._mlm_loss(tok, image_tokens, batch["mask_generator"])
+            losses["mlm"] = self._mlm_loss(tok, image_tokens, batch["mask_generator"], glob["tokens"], rows)
         losses["loss"] = sum(w[k] * v for k, v in losses.items())
         return losses
 
-    def _mlm_loss(self, tok: dict[str, torch.Tensor], image_tokens: torch.Tensor,
-                  generator: torch.Generator) -> torch.Tensor:
+    def _mlm_loss(self, tok: dict[str, torch.Tensor], image_tokens: torch.Tensor, generator: torch.Generator,
+                  global_tok: dict[str, torch.Tensor] | None = None, rows: slice = slice(None)) -> torch.Tensor:
         t = self.tokenizer
-        ids, labels = mask_tokens(tok["ids"].cpu(), tok["attention_mask"].cpu(), t.special_ids, t.mask_id,
+        g = tok if global_tok is None else global_tok  # masks are drawn for the global batch, rows kept
+        ids, labels = mask_tokens(g["ids"].cpu(), g["attention_mask"].cpu(), t.special_ids, t.mask_id,
                                   t.vocab_size, generator, self.cfg["mlm_prob"])
-        ids, labels = ids.to(tok["ids"].device), labels.to(tok["ids"].device)
+        ids, labels = ids[rows].to(tok["ids"].device), labels[rows].to(tok["ids"].device)
         bb = self.backbone
         text_tokens = bb.text_proj(bb.text(ids, tok["attention_mask"]))
         fused = self.cross_modal(text_tokens, bb.image_proj(image_tokens))

@@ -58,10 +58,10 @@ from ..models import Backbone
 from ..models.fusion import CrossModalEncoder, MLMHead
 from ..models.layers import MultiheadAttention
 from . import METHODS
-from .base import Method
+from .base import Method, shard_of
 from .distributions import (DISTANCES, fp32, kl_to_standard_normal, paired_distance, pairwise_distance,
                             sample_points, uncertainty)
-from .losses import id_loss, masked_token_loss, sdm_from_logits
+from .losses import gather, id_loss, masked_token_loss, sdm_from_logits
 from .masking import mask_tokens
 
 DEFAULTS: dict[str, Any] = {
@@ -221,11 +221,14 @@ class UCA(Method):
         mu, logvar = self._distribution(self.text_var, emb, proj, mask)
         return mu, logvar, proj, emb
 
-    def _points(self, mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """The extra decoder tokens of one modality: [B, K | 1 | 0, D] per `rec_points`."""
+    def _points(self, mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator, offset: int = 0,
+                total: int | None = None) -> torch.Tensor:
+        """The extra decoder tokens of one modality: [B, K | 1 | 0, D] per `rec_points`.
+
+        `offset` / `total`: these B items are rows offset.. of a global batch of `total` (multi-process)."""
         mode = self.cfg["rec_points"]
         if mode == "samples":
-            return sample_points(mu, logvar, int(self.cfg["num_samples"]), generator)
+            return sample_points(mu, logvar, int(self.cfg["num_samples"]), generator, offset=offset, total=total)
         if mode == "mean":
             return mu[:, None, :]
         return mu.new_zeros(mu.shape[0], 0, mu.shape[1])
@@ -240,17 +243,21 @@ class UCA(Method):
         tok, pids, g = batch["tokens"], batch["pids"], batch["mask_generator"]
         mu_v, lv_v, image_tokens, emb_v = self._image(batch["images"], need_tokens=bool(w["rec"]))
         mu_t, lv_t, _, emb_t = self._text(tok["ids"], tok["attention_mask"], tok.get("eot_index"), need_tokens=False)
+        glob, rows = shard_of(batch)  # multi-process: the global batch and this rank's rows
+        # batch-level terms use the global batch's distributions (gathered with gradient)
+        g_mu_v, g_lv_v, g_mu_t, g_lv_t = gather(mu_v), gather(lv_v), gather(mu_t), gather(lv_t)
+        g_pids = glob["pids"]
         losses: dict[str, torch.Tensor] = {}
         with fp32(mu_v.device):
             if w["dcl"]:
-                d = pairwise_distance(cfg["distance"], mu_t, lv_t, mu_v, lv_v)  # [text, image]
-                losses["dcl"] = sdm_from_logits(-d / cfg["tau_d"], pids)
+                d = pairwise_distance(cfg["distance"], g_mu_t, g_lv_t, g_mu_v, g_lv_v)  # [text, image]
+                losses["dcl"] = sdm_from_logits(-d / cfg["tau_d"], g_pids)
             if w["pcl_inter"] or w["pcl_intra"]:
                 k = int(cfg["num_samples"])
-                z_v = sample_points(mu_v, lv_v, k, g).flatten(0, 1)  # [B*K, D], item-major
-                z_t = sample_points(mu_t, lv_t, k, g).flatten(0, 1)
-                labels = pids.repeat_interleave(k)
-                items = torch.arange(len(pids), device=pids.device).repeat_interleave(k)
+                z_v = sample_points(g_mu_v, g_lv_v, k, g).flatten(0, 1)  # [B*K, D], item-major
+                z_t = sample_points(g_mu_t, g_lv_t, k, g).flatten(0, 1)
+                labels = g_pids.repeat_interleave(k)
+                items = torch.arange(len(g_pids), device=g_pids.device).repeat_interleave(k)
                 tau = cfg["tau_p"]
                 if w["pcl_inter"]:
                     losses["pcl_inter"] = (multi_positive_nce(z_t, z_v, labels, labels, tau)
@@ -259,11 +266,12 @@ class UCA(Method):
                     losses["pcl_intra"] = (multi_positive_nce(z_v, z_v, labels, labels, tau, items, items)
                                            + multi_positive_nce(z_t, z_t, labels, labels, tau, items, items))
             if w["kl"]:
-                losses["kl"] = kl_to_standard_normal(mu_v, lv_v) + kl_to_standard_normal(mu_t, lv_t)
+                losses["kl"] = kl_to_standard_normal(g_mu_v, g_lv_v) + kl_to_standard_normal(g_mu_t, g_lv_t)
             if w["id"]:
                 losses["id"] = id_loss(self.classifier, emb_v.float(), emb_t.float(), pids)
         if w["rec"]:
-            losses["rec"] = self._rec_loss(tok, image_tokens, mu_v, lv_v, batch.get("attr_flags"), g)
+            losses["rec"] = self._rec_loss(tok, image_tokens, mu_v, lv_v, glob.get("attr_flags"), g,
+                                           glob["tokens"], rows)
         losses["loss"] = sum(w[k] * v for k, v in losses.items())
         return losses
 
@@ -292,14 +300,19 @@ class UCA(Method):
         return out, labels
 
     def _rec_loss(self, tok: dict[str, torch.Tensor], image_tokens: torch.Tensor, mu_v: torch.Tensor,
-                  lv_v: torch.Tensor, flags: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+                  lv_v: torch.Tensor, flags: torch.Tensor | None, generator: torch.Generator,
+                  global_tok: dict[str, torch.Tensor] | None = None, rows: slice = slice(None)) -> torch.Tensor:
+        """`flags` and `global_tok` cover the global batch (= `tok` with one process); masks and
+        sample noise are drawn for the global batch and this process keeps its `rows`."""
         device = tok["ids"].device
-        ids, labels = self.mask_caption(tok["ids"], tok["attention_mask"], flags, generator)
-        ids, labels = ids.to(device), labels.to(device)
+        g_tok = tok if global_tok is None else global_tok
+        ids, labels = self.mask_caption(g_tok["ids"], g_tok["attention_mask"], flags, generator)
+        ids, labels = ids[rows].to(device), labels[rows].to(device)
         mask = tok["attention_mask"]
         mu_m, lv_m, text_tokens, _ = self._text(ids, mask, tok.get("eot_index"), need_tokens=True)
-        pts_t = self._points(mu_m, lv_m, generator).to(text_tokens.dtype)  # fresh samples every step
-        pts_v = self._points(mu_v, lv_v, generator).to(image_tokens.dtype)
+        offset, total = rows.start or 0, g_tok["ids"].shape[0]
+        pts_t = self._points(mu_m, lv_m, generator, offset, total).to(text_tokens.dtype)  # fresh samples every step
+        pts_v = self._points(mu_v, lv_v, generator, offset, total).to(image_tokens.dtype)
         queries = torch.cat([text_tokens, pts_t], 1)
         query_padding = torch.cat([mask.bool(), mask.new_ones(mask.shape[0], pts_t.shape[1], dtype=torch.bool)], 1)
         memory = torch.cat([image_tokens, pts_v], 1)
