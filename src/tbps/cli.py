@@ -1,4 +1,4 @@
-"""The `tbps` command line: synth, train, eval, demo."""
+"""The `tbps` command line: synth, train, eval, demo, index, search, serve, export."""
 from __future__ import annotations
 
 import argparse
@@ -35,13 +35,33 @@ def _load_run_config(args: argparse.Namespace) -> dict:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _launch_processes(args.nproc, args.argv)
     from .engine.trainer import train
 
     cfg = _load_run_config(args)
     out = args.out or str(Path("runs") / Path(args.config or "run").stem)
     summary = train(cfg, out, resume=args.resume, progress=not args.quiet)
-    print(json.dumps(summary, indent=2, default=str))
+    if os.environ.get("RANK", "0") == "0":
+        print(json.dumps(summary, indent=2, default=str))
     return 0
+
+
+def _launch_processes(nproc: int, argv: list[str]) -> int:
+    """`tbps train --nproc N ...` = `torchrun --standalone --nproc_per_node N -m tbps train ...`."""
+    import subprocess
+
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            rest.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "tbps", *rest]
+    return subprocess.call(cmd)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -100,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config key, e.g. --set train.epochs=3 (repeatable)")
     t.add_argument("--out", help="run folder (default runs/<config name>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--nproc", type=int, default=None,
+                   help="train with N processes (one per GPU, or gloo on a CPU) via torchrun; "
+                        "train.batch_size is the global batch")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_cmd_train)
 
@@ -129,13 +152,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--epochs", type=int, default=None)
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_cmd_demo)
+
+    from .retrieval.commands import add_commands
+
+    add_commands(sub)  # index build|add|remove|info, search, serve, export
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except (FileNotFoundError, FileExistsError, ValueError, KeyError) as exc:

@@ -1,0 +1,149 @@
+"""Session fixtures of the search tests: one tiny benchmark, one cada and one uca run trained for
+a few steps, a gallery folder with every supported format plus unreadable files, and indexes.
+
+Imported by test_search.py and test_serve.py (`from search_fixtures import *`). Each fixture is
+also memoised here, so that the work is done once per session even though pytest registers the
+fixtures once per importing module.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+from PIL import Image
+
+from fixtures import cli_train_args, render_tiny_benchmark
+from tbps.cli import main
+
+_MEMO: dict[str, Any] = {}
+
+
+def _once(key: str, make: Callable[[], Any]) -> Any:
+    if key not in _MEMO:
+        _MEMO[key] = make()
+    return _MEMO[key]
+
+
+CADA_RUN = [
+    "backbone.overrides={vision_width: 64, vision_heads: 2, vision_layers: 1, text_width: 64, text_heads: 2, "
+    "text_layers: 1, embed_dim: 32}",
+    "method.decoder_layers=1", "method.rerank_k=[4]", "train.epochs=1", "train.batch_size=16",
+    "train.log_every=4", "train.device=cpu", "data.tokenizer_vocab_size=300",
+]
+UCA_RUN = [
+    "backbone.overrides={vision_width: 64, vision_heads: 2, vision_layers: 1, text_width: 64, text_heads: 2, "
+    "text_layers: 1, embed_dim: 32}",
+    "method.cross_layers=1", "method.num_samples=3", "train.epochs=1", "train.batch_size=16",
+    "train.log_every=4", "train.amp=null", "train.device=cpu", "data.tokenizer_vocab_size=300",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_benchmark(tmp_path_factory) -> Path:
+    return _once("data", lambda: render_tiny_benchmark(tmp_path_factory.mktemp("search-data") / "tiny"))
+
+
+def _train(tmp_path_factory, config: str, data: Path, overrides: list[str]) -> Path:
+    out = tmp_path_factory.mktemp(f"run-{config}") / "run"
+    assert main(cli_train_args(config, data, out, overrides)) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def cada_run(tmp_path_factory, tiny_benchmark) -> Path:
+    return _once("cada", lambda: _train(tmp_path_factory, "cada_tiny", tiny_benchmark, CADA_RUN))
+
+
+@pytest.fixture(scope="session")
+def uca_run(tmp_path_factory, tiny_benchmark) -> Path:
+    return _once("uca", lambda: _train(tmp_path_factory, "uca_tiny", tiny_benchmark, UCA_RUN))
+
+
+def _make_gallery(root: Path, data: Path) -> dict[str, Any]:
+    """The test split's images in a nested folder, a few re-encoded as jpg / bmp / webp, plus an
+    unreadable png, an empty jpg and a text file; -> paths and the captions of each image."""
+    entries = json.loads((data / "reid_raw.json").read_text())
+    test = [e for e in entries if e.get("split") == "test"]
+    gallery = root / "gallery"
+    captions: dict[str, list[str]] = {}
+    formats = {0: ".jpg", 1: ".bmp", 2: ".webp"}
+    for n, e in enumerate(test):
+        src = data / "imgs" / e["file_path"]
+        sub = gallery / ("cam_a" if n % 2 else "cam_b")
+        sub.mkdir(parents=True, exist_ok=True)
+        ext = formats.get(n, ".png")
+        dst = sub / (src.stem + ext)
+        if ext == ".png":
+            shutil.copy(src, dst)
+        else:
+            with Image.open(src) as img:
+                img.convert("RGB").save(dst, quality=95)
+        captions[str(dst.resolve())] = e["captions"]
+    (gallery / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    (gallery / "empty.jpg").write_bytes(b"")
+    (gallery / "notes.txt").write_text("not an image")
+    return {"dir": gallery, "captions": captions, "unreadable": sorted(str((gallery / n).resolve())
+                                                                       for n in ("broken.png", "empty.jpg"))}
+
+
+@pytest.fixture(scope="session")
+def gallery(tmp_path_factory, tiny_benchmark) -> dict[str, Any]:
+    return _once("gallery", lambda: _make_gallery(tmp_path_factory.mktemp("search-gallery"), tiny_benchmark))
+
+
+@pytest.fixture(scope="session")
+def cada_index(tmp_path_factory, gallery, cada_run) -> Path:
+    from tbps.retrieval.index import build_index
+
+    def make() -> Path:
+        out = tmp_path_factory.mktemp("cada-index") / "index"
+        build_index(gallery["dir"], cada_run, out, batch_size=8, progress=False, log=lambda *a: None)
+        return out
+
+    return _once("cada_index", make)
+
+
+@pytest.fixture(scope="session")
+def uca_index(tmp_path_factory, gallery, uca_run) -> Path:
+    from tbps.retrieval.index import build_index
+
+    def make() -> Path:
+        out = tmp_path_factory.mktemp("uca-index") / "index"
+        build_index(gallery["dir"], uca_run, out, batch_size=16, progress=False, log=lambda *a: None)
+        return out
+
+    return _once("uca_index", make)
+
+
+@pytest.fixture(scope="session")
+def cada_searcher(cada_index):
+    from tbps.retrieval.searcher import Searcher
+
+    return _once("cada_searcher", lambda: Searcher(cada_index))
+
+
+@pytest.fixture(scope="session")
+def uca_searcher(uca_index):
+    from tbps.retrieval.searcher import Searcher
+
+    return _once("uca_searcher", lambda: Searcher(uca_index))
+
+
+def stored_features(index_dir: Path) -> tuple[list[int], list[dict], dict]:
+    """(ids, items, features) of every row of an index, read straight from its shards."""
+    import torch
+
+    from tbps.retrieval.index import read_manifest, read_shard
+
+    m = read_manifest(index_dir)
+    ids, items, parts = [], [], []
+    for shard in m["shards"]:
+        t, its = read_shard(Path(index_dir), shard)
+        ids += t.pop("ids").tolist()
+        items += its
+        parts.append(t)
+    feats = {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if parts else {}
+    return ids, items, feats
