@@ -1,0 +1,121 @@
+"""Shared runner for the ablation benchmarks (ablate_cada.py, ablate_uca.py).
+
+Each variant is a config plus overrides. Every (variant, seed) run trains on the embedded
+benchmark's train split, selects its checkpoint on val Rank-1 (never test), and is then
+evaluated once on the test split. Finished runs are skipped, so a killed benchmark resumes
+where it stopped. The table reports mean and standard deviation over seeds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from tbps.config import load_config
+from tbps.engine.runs import evaluate_run
+from tbps.engine.trainer import train
+from tbps.utils import atomic_write_json, atomic_write_text, machine_info
+
+ROOT = Path(__file__).resolve().parent
+CONFIG_DIR = ROOT.parent / "src" / "tbps" / "configs"
+
+Variant = tuple[str, list[str]]  # (config name, overrides)
+Extra = Callable[[dict[str, Any]], dict[str, float]]  # metrics["extra"] -> columns
+
+
+def parse_args(name: str, default_seeds: int = 3) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=f"{name}: train each variant with several seeds, report test mean/std")
+    p.add_argument("--seeds", type=int, default=default_seeds, help="seeds 0..N-1 per variant")
+    p.add_argument("--variants", nargs="*", help="run only these variants (default all)")
+    p.add_argument("--data-root", default=str(ROOT / "data" / "synth-small"),
+                   help="embedded benchmark folder (rendered with `tbps synth --preset small` when missing)")
+    p.add_argument("--epochs", type=int, help="override train.epochs for every variant")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra override for every run")
+    p.add_argument("--runs", default=str(ROOT / "runs" / name), help="where the runs are kept (resumable)")
+    p.add_argument("--out", default=str(ROOT / "results" / name), help="results path without extension")
+    p.add_argument("--quiet", action="store_true")
+    return p.parse_args()
+
+
+def ensure_data(root: str) -> None:
+    if not (Path(root) / "reid_raw.json").is_file():
+        from tbps.synth import generate
+
+        print(f"rendering the embedded benchmark into {root}")
+        generate(root, preset="small", seed=0, progress=True)
+
+
+def run_one(config: str, overrides: list[str], run_dir: Path, progress: bool) -> dict[str, Any]:
+    """Train (unless finished) and evaluate on test; the result is cached in run_dir/test.json."""
+    result_file = run_dir / "test.json"
+    if result_file.is_file():
+        return json.loads(result_file.read_text())
+    cfg = load_config(config, overrides, search_dirs=[CONFIG_DIR])
+    t0 = time.time()
+    summary = train(cfg, run_dir, resume=(run_dir / "checkpoints" / "last").exists(), progress=progress)
+    train_s = time.time() - t0
+    metrics, info = evaluate_run(run_dir, split="test", progress=progress, report_dir=run_dir / "report")
+    result = {"metrics": metrics, "best_val_r1": summary.get("best_val_r1"), "best_epoch": summary.get("best_epoch"),
+              "train_seconds": train_s, "pairs_per_s": summary.get("pairs_per_s"), "checkpoint": info["checkpoint"]}
+    atomic_write_json(result_file, result)
+    return result
+
+
+def _mean_std(xs: list[float]) -> str:
+    if not xs:
+        return "-"
+    fmt = ".2f" if max(abs(x) for x in xs) >= 0.01 else ".2e"  # uncertainties can be ~1e-4
+    if len(xs) == 1:
+        return f"{xs[0]:{fmt}}"
+    return f"{statistics.mean(xs):{fmt}} ± {statistics.stdev(xs):{fmt}}"
+
+
+def run_ablation(name: str, variants: dict[str, Variant], args: argparse.Namespace,
+                 tasks: list[str], extra: Extra | None = None, note: str = "") -> dict[str, Any]:
+    """Run every selected variant x seed, then write `<out>.md` and `<out>.json`."""
+    ensure_data(args.data_root)
+    chosen = args.variants or list(variants)
+    unknown = [v for v in chosen if v not in variants]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {unknown}; known: {list(variants)}")
+    common = [f"data.root={args.data_root}", *args.set] + ([f"train.epochs={args.epochs}"] if args.epochs else [])
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for variant in chosen:
+        config, overrides = variants[variant]
+        for seed in range(args.seeds):
+            run_dir = Path(args.runs) / variant / f"seed{seed}"
+            print(f"== {variant} seed {seed} ({config} {' '.join(overrides)})", flush=True)
+            res = run_one(config, [*common, *overrides, f"seed={seed}"], run_dir, not args.quiet)
+            rows.setdefault(variant, []).append(res)
+    table = _table(rows, tasks, extra)
+    payload = {"benchmark": name, "machine": machine_info(), "seeds": args.seeds, "common_overrides": common,
+               "variants": {v: {"config": variants[v][0], "overrides": variants[v][1]} for v in chosen},
+               "runs": rows, "note": note}
+    atomic_write_json(Path(f"{args.out}.json"), payload)
+    m = payload["machine"]
+    device = m.get("gpu") or f"CPU ({m.get('cpu', '?')}, {m.get('cpu_usable', '?')} cores, {m.get('torch_threads')} threads)"
+    header = (f"# {name}\n\nMachine: {device}, torch {m.get('torch', '?')}, {m.get('memory_gb')} GB RAM. "
+              f"Seeds 0..{args.seeds - 1}. Test split; each run's checkpoint chosen on val Rank-1.\nCommon overrides: `{' '.join(common)}`\n\n{note}\n\n")
+    atomic_write_text(Path(f"{args.out}.md"), header + table + "\n")
+    print(table)
+    return payload
+
+
+def _table(rows: dict[str, list[dict[str, Any]]], tasks: list[str], extra: Extra | None) -> str:
+    extra_cols = sorted({k for rs in rows.values() for r in rs for k in (extra(r["metrics"]) if extra else {})})
+    head = ["variant", "seeds"] + [f"{t} {m}" for t in tasks for m in ("R1", "mAP")] + extra_cols + ["min/run"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for variant, rs in rows.items():
+        cells = [variant, str(len(rs))]
+        for t in tasks:
+            for m in ("R1", "mAP"):
+                cells.append(_mean_std([r["metrics"][t][m] for r in rs if t in r["metrics"]]))
+        ex = [extra(r["metrics"]) if extra else {} for r in rs]
+        for c in extra_cols:
+            cells.append(_mean_std([e[c] for e in ex if c in e and e[c] == e[c]]))
+        cells.append(f"{statistics.mean(r['train_seconds'] for r in rs) / 60:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
