@@ -94,28 +94,26 @@ def gallery(tmp_path_factory, tiny_benchmark) -> dict[str, Any]:
     return _once("gallery", lambda: _make_gallery(tmp_path_factory.mktemp("search-gallery"), tiny_benchmark))
 
 
-@pytest.fixture(scope="session")
-def cada_index(tmp_path_factory, gallery, cada_run) -> Path:
+def _index_once(name: str, tmp_path_factory, gallery_dir: Path, run: Path, batch_size: int) -> Path:
+    """Build an index of the gallery with `run` once per session."""
     from tbps.retrieval.index import build_index
 
     def make() -> Path:
-        out = tmp_path_factory.mktemp("cada-index") / "index"
-        build_index(gallery["dir"], cada_run, out, batch_size=8, progress=False, log=lambda *a: None)
+        out = tmp_path_factory.mktemp(name) / "index"
+        build_index(gallery_dir, run, out, batch_size=batch_size, progress=False, log=lambda *a: None)
         return out
 
-    return _once("cada_index", make)
+    return _once(name, make)
+
+
+@pytest.fixture(scope="session")
+def cada_index(tmp_path_factory, gallery, cada_run) -> Path:
+    return _index_once("cada-index", tmp_path_factory, gallery["dir"], cada_run, batch_size=8)
 
 
 @pytest.fixture(scope="session")
 def uca_index(tmp_path_factory, gallery, uca_run) -> Path:
-    from tbps.retrieval.index import build_index
-
-    def make() -> Path:
-        out = tmp_path_factory.mktemp("uca-index") / "index"
-        build_index(gallery["dir"], uca_run, out, batch_size=16, progress=False, log=lambda *a: None)
-        return out
-
-    return _once("uca_index", make)
+    return _index_once("uca-index", tmp_path_factory, gallery["dir"], uca_run, batch_size=16)
 
 
 @pytest.fixture(scope="session")
