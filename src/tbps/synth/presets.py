@@ -65,8 +65,8 @@ class Preset:
 # does"). Against the defaults: fewer one-attribute variants and terse captions, captions that
 # name more of what is visible, and less colour clutter, fewer distractors and occluders. It stays
 # far from solved: terse captions and variants remain, and the attribute oracle is not perfect.
-DEMO_DIFFICULTY = Difficulty(variant_frac=0.2, terse_frac=0.1, mention_prob=0.85, clutter=0.6, palette_clutter=0.15,
-                             distractor_prob=0.1, occlusion_prob=0.05, jitter=0.03)
+DEMO_DIFFICULTY = Difficulty(variant_frac=0.15, terse_frac=0.1, mention_prob=0.9, clutter=0.4, palette_clutter=0.1,
+                             distractor_prob=0.05, occlusion_prob=0.05, jitter=0.03)
 
 PRESETS: dict[str, Preset] = {
     # Seconds: for unit tests.
