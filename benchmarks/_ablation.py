@@ -30,6 +30,9 @@ def parse_args(name: str, default_seeds: int = 3) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=f"{name}: train each variant with several seeds, report test mean/std")
     p.add_argument("--seeds", type=int, default=default_seeds, help="seeds 0..N-1 per variant")
     p.add_argument("--variants", nargs="*", help="run only these variants (default all)")
+    p.add_argument("--train-seeds", type=int, nargs="*",
+                   help="train only these seeds now; the table still shows every finished seed < --seeds "
+                        "(lets two processes share the grid: `--train-seeds 0` beside `--train-seeds 1 2`)")
     p.add_argument("--data-root", default=str(ROOT / "data" / "synth-small"),
                    help="embedded benchmark folder (rendered with `tbps synth --preset small` when missing)")
     p.add_argument("--epochs", type=int, help="override train.epochs for every variant")
@@ -41,11 +44,16 @@ def parse_args(name: str, default_seeds: int = 3) -> argparse.Namespace:
 
 
 def ensure_data(root: str) -> None:
-    if not (Path(root) / "reid_raw.json").is_file():
-        from tbps.synth import generate
+    """Render the `small` preset into root, or refuse a folder rendered with other settings."""
+    from tbps.synth import generate, is_current
 
-        print(f"rendering the embedded benchmark into {root}")
-        generate(root, preset="small", seed=0, progress=True)
+    if is_current(root, preset="small", seed=0):
+        return
+    if (Path(root) / "reid_raw.json").is_file():
+        raise SystemExit(f"{root} holds a benchmark rendered with another preset, seed or synth version than "
+                         f"the current `small` preset (see its meta.json); delete the folder or pass --data-root")
+    print(f"rendering the embedded benchmark into {root}")
+    generate(root, preset="small", seed=0, progress=True)
 
 
 def run_one(config: str, overrides: list[str], run_dir: Path, progress: bool) -> dict[str, Any]:
@@ -83,12 +91,18 @@ def run_ablation(name: str, variants: dict[str, Variant], args: argparse.Namespa
         raise SystemExit(f"unknown variant(s) {unknown}; known: {list(variants)}")
     common = [f"data.root={args.data_root}", *args.set] + ([f"train.epochs={args.epochs}"] if args.epochs else [])
     rows: dict[str, list[dict[str, Any]]] = {}
+    train_seeds = range(args.seeds) if args.train_seeds is None else args.train_seeds
     for variant in chosen:
         config, overrides = variants[variant]
         for seed in range(args.seeds):
             run_dir = Path(args.runs) / variant / f"seed{seed}"
-            print(f"== {variant} seed {seed} ({config} {' '.join(overrides)})", flush=True)
-            res = run_one(config, [*common, *overrides, f"seed={seed}"], run_dir, not args.quiet)
+            if seed in train_seeds:
+                print(f"== {variant} seed {seed} ({config} {' '.join(overrides)})", flush=True)
+                res = run_one(config, [*common, *overrides, f"seed={seed}"], run_dir, not args.quiet)
+            elif (run_dir / "test.json").is_file():
+                res = json.loads((run_dir / "test.json").read_text())
+            else:
+                continue
             rows.setdefault(variant, []).append(res)
     table = _table(rows, tasks, extra)
     payload = {"benchmark": name, "machine": machine_info(), "seeds": args.seeds, "common_overrides": common,
@@ -98,7 +112,7 @@ def run_ablation(name: str, variants: dict[str, Variant], args: argparse.Namespa
     m = payload["machine"]
     device = m.get("gpu") or f"CPU ({m.get('cpu', '?')}, {m.get('cpu_usable', '?')} cores, {m.get('torch_threads')} threads)"
     header = (f"# {name}\n\nMachine: {device}, torch {m.get('torch', '?')}, {m.get('memory_gb')} GB RAM. "
-              f"Seeds 0..{args.seeds - 1}. Test split; each run's checkpoint chosen on val Rank-1.\nCommon overrides: `{' '.join(common)}`\n\n{note}\n\n")
+              f"Seeds 0..{args.seeds - 1} (the seeds column counts the finished ones). Test split; each run's checkpoint chosen on val Rank-1.\nCommon overrides: `{' '.join(common)}`\n\n{note}\n\n")
     atomic_write_text(Path(f"{args.out}.md"), header + table + "\n")
     print(table)
     return payload

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tbps.synth import (ATTRIBUTE_SLOTS, COLOURS, PRESETS, Preset, generate, make_captions, sample_identity,
-                        sample_image_params, tokenize)
+from tbps.synth import (ATTRIBUTE_SLOTS, COLOURS, PRESETS, Preset, generate, is_current, make_captions,
+                        sample_identity, sample_image_params, tokenize)
 from tbps.synth.attributes import make_variant
 from tbps.synth.presets import Difficulty
 
@@ -144,6 +144,23 @@ def test_rerun_replaces_cleanly(tmp_path: Path) -> None:
     assert sorted(p.name for p in (out / "imgs" / "synth").iterdir()) == sorted(
         Path(e["file_path"]).name for e in raw)
     assert not list(out.glob(".tmp-synth-*"))
+
+
+def test_is_current_spots_stale_renders(tmp_path: Path) -> None:
+    """The demo and the ablations reuse a render only when preset, seed and knobs all match."""
+    mini = Preset("mini", 3, 1, 1, (2, 2))
+    out = tmp_path / "d"
+    assert not is_current(out, preset=mini, seed=3)  # nothing there yet
+    generate(out, preset=mini, seed=3, workers=1, progress=False)
+    assert is_current(out, preset=mini, seed=3)
+    assert not is_current(out, preset=mini, seed=4)
+    assert not is_current(out, preset=mini, seed=3, height=64, width=32)
+    recalibrated = Preset("mini", 3, 1, 1, (2, 2), difficulty=Difficulty(terse_frac=0.5))
+    assert not is_current(out, preset=recalibrated, seed=3)
+    meta = json.loads((out / "meta.json").read_text())
+    meta["version"] = "0.0"
+    (out / "meta.json").write_text(json.dumps(meta))
+    assert not is_current(out, preset=mini, seed=3)
 
 
 def test_captions_respect_visibility_in_output(tiny: Path) -> None:

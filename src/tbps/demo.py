@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -21,14 +22,18 @@ CONFIG = Path(__file__).parent / "configs" / "irra_tiny.yaml"
 
 def run_demo(out: Path, preset: str = "small", seed: int = 0, epochs: int | None = None,
              progress: bool = True, num_page_queries: int = 8) -> dict:
-    from .synth import generate
+    from .synth import generate, is_current
 
     out.mkdir(parents=True, exist_ok=True)
     data_dir, run_dir = out / "data", out / "run"
     t0 = time.time()
-    if (data_dir / "reid_raw.json").is_file():
+    if is_current(data_dir, preset=preset, seed=seed):
         print(f"[1/4] benchmark already at {data_dir}")
     else:
+        if data_dir.exists() or run_dir.exists():  # rendered by another preset or version: start over
+            print(f"[1/4] {data_dir} holds another render of the benchmark; removing it and its run")
+            shutil.rmtree(data_dir, ignore_errors=True)
+            shutil.rmtree(run_dir, ignore_errors=True)
         print(f"[1/4] rendering the '{preset}' benchmark into {data_dir}")
         generate(data_dir, preset=preset, seed=seed, progress=progress)
     t_synth = time.time() - t0

@@ -11,12 +11,13 @@ from .analysis import attribute_oracle
 from .attributes import (ATTRIBUTE_SLOTS, COLOUR_RGB, COLOURS, HAIR_COLOURS, VARIANT_CHANGES, make_variant,
                          sample_identity)
 from .captions import make_captions, tokenize
-from .generator import SYNTH_VERSION, generate, resolve_preset
+from .generator import SYNTH_VERSION, generate, is_current, resolve_preset
 from .presets import PRESETS, Difficulty, Preset
 from .render import image_visibility, render_image, sample_image_params
 
 __all__ = [
     "generate",
+    "is_current",
     "PRESETS",
     "Preset",
     "Difficulty",

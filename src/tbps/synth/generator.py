@@ -134,6 +134,25 @@ def resolve_preset(preset: str | Preset, height: int | None = None, width: int |
     return p
 
 
+def is_current(out_dir: str | Path, preset: str | Preset = "small", seed: int = 0, height: int | None = None,
+               width: int | None = None) -> bool:
+    """Whether out_dir holds a finished render of exactly this preset, seed and size.
+
+    False for a missing or unfinished folder, and for one rendered by another version or with
+    other difficulty knobs (a preset recalibrated since), so callers never reuse stale data.
+    """
+    meta_file = Path(out_dir) / "meta.json"
+    if not (Path(out_dir) / "reid_raw.json").is_file() or not meta_file.is_file():
+        return False
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (OSError, ValueError):
+        return False
+    p = resolve_preset(preset, height, width)
+    return (meta.get("version") == SYNTH_VERSION and meta.get("seed") == seed
+            and meta.get("preset_config") == json.loads(json.dumps(p.to_dict())))
+
+
 def generate(out_dir: str | Path, preset: str | Preset = "small", seed: int = 0, height: int | None = None,
              width: int | None = None, workers: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Render the benchmark into out_dir; returns a summary dict (num ids/images/captions per split, seconds).
