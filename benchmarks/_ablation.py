@@ -22,6 +22,7 @@ from tbps.utils import atomic_write_json, atomic_write_text, machine_info
 ROOT = Path(__file__).resolve().parent
 CONFIG_DIR = ROOT.parent / "src" / "tbps" / "configs"
 
+DEFAULT_EPOCHS = 4
 Variant = tuple[str, list[str]]  # (config name, overrides)
 Extra = Callable[[dict[str, Any]], dict[str, float]]  # metrics["extra"] -> columns
 
@@ -35,12 +36,18 @@ def parse_args(name: str, default_seeds: int = 3) -> argparse.Namespace:
                         "(lets two processes share the grid: `--train-seeds 0` beside `--train-seeds 1 2`)")
     p.add_argument("--data-root", default=str(ROOT / "data" / "synth-small"),
                    help="embedded benchmark folder (rendered with `tbps synth --preset small` when missing)")
-    p.add_argument("--epochs", type=int, help="override train.epochs for every variant")
+    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
+                   help=f"train.epochs for every variant (default {DEFAULT_EPOCHS}: about 5 minutes per run on 2 "
+                        f"CPU cores; 0 keeps each config's own, 12)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra override for every run")
-    p.add_argument("--runs", default=str(ROOT / "runs" / name), help="where the runs are kept (resumable)")
+    p.add_argument("--runs", help="where the runs are kept (resumable; default benchmarks/runs/ablations-eN for N "
+                                  "epochs, shared by both ablations so `irra` trains once)")
     p.add_argument("--out", default=str(ROOT / "results" / name), help="results path without extension")
     p.add_argument("--quiet", action="store_true")
-    return p.parse_args()
+    args = p.parse_args()
+    if args.runs is None:
+        args.runs = str(ROOT / "runs" / f"ablations-e{args.epochs or 'cfg'}")
+    return args
 
 
 def ensure_data(root: str) -> None:
@@ -56,12 +63,35 @@ def ensure_data(root: str) -> None:
     generate(root, preset="small", seed=0, progress=True)
 
 
+def _leaves(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(cfg, dict):
+        return {prefix[:-1]: cfg}
+    out: dict[str, Any] = {}
+    for k, v in cfg.items():
+        out.update(_leaves(v, f"{prefix}{k}."))
+    return out
+
+
+def check_same_config(cfg: dict[str, Any], run_dir: Path) -> None:
+    """Refuse to reuse or resume a cached run that was trained with another config."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return
+    old, new = _leaves(load_config(saved)), _leaves(cfg)
+    diff = sorted(k for k in old.keys() | new.keys() if old.get(k, "<absent>") != new.get(k, "<absent>"))
+    if diff:
+        shown = ", ".join(f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in diff[:5])
+        raise SystemExit(f"{run_dir} was trained with another config ({shown}{', ...' if len(diff) > 5 else ''}); "
+                         f"delete it or pass another --runs folder")
+
+
 def run_one(config: str, overrides: list[str], run_dir: Path, progress: bool) -> dict[str, Any]:
     """Train (unless finished) and evaluate on test; the result is cached in run_dir/test.json."""
     result_file = run_dir / "test.json"
+    cfg = load_config(config, overrides, search_dirs=[CONFIG_DIR])
+    check_same_config(cfg, run_dir)
     if result_file.is_file():
         return json.loads(result_file.read_text())
-    cfg = load_config(config, overrides, search_dirs=[CONFIG_DIR])
     t0 = time.time()
     summary = train(cfg, run_dir, resume=(run_dir / "checkpoints" / "last").exists(), progress=progress)
     train_s = time.time() - t0
@@ -108,6 +138,7 @@ def run_ablation(name: str, variants: dict[str, Variant], args: argparse.Namespa
     payload = {"benchmark": name, "machine": machine_info(), "seeds": args.seeds, "common_overrides": common,
                "variants": {v: {"config": variants[v][0], "overrides": variants[v][1]} for v in chosen},
                "runs": rows, "note": note}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(f"{args.out}.json"), payload)
     m = payload["machine"]
     device = m.get("gpu") or f"CPU ({m.get('cpu', '?')}, {m.get('cpu_usable', '?')} cores, {m.get('torch_threads')} threads)"

@@ -21,6 +21,9 @@ VARIANTS = {
     "uca_+pcl_intra": ("uca_tiny", [OFF.format("rec")]),
     "uca_+rec_mean": ("uca_tiny", ["method.rec_points=mean"]),
     "uca_full": ("uca_tiny", []),
+    # Not one of the paper's steps: full UCA with a 5x lower intra-modal point-contrast weight, the
+    # term that flips the uncertainty's sign at the default 0.5 (README, "Ablations").
+    "uca_full_intra0.1": ("uca_tiny", ["method.loss_weights.pcl_intra=0.1"]),
 }
 
 
