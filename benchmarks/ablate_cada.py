@@ -20,6 +20,10 @@ VARIANTS = {
     "cada_+itm": ("cada_tiny", ["method.loss_weights.ara=0", "method.group_weight=0"]),
     "cada_+group": ("cada_tiny", ["method.loss_weights.ara=0"]),
     "cada_full": ("cada_tiny", []),
+    # Not one of the paper's steps: + ITM with negatives drawn from the softmax instead of the argmax
+    # (BLIP's sampling), the check on why argmax negatives invert the matching head (README).
+    "cada_+itm_sampled": ("cada_tiny", ["method.loss_weights.ara=0", "method.group_weight=0",
+                                        "method.hard_negative=sample"]),
 }
 
 

@@ -144,6 +144,29 @@ def test_hard_negatives_exclude_every_same_identity_candidate():
     assert not ok_t.any() and not ok_i.any()
 
 
+def test_sampled_hard_negatives_never_share_identity_and_follow_the_softmax():
+    torch.manual_seed(0)
+    pids = torch.tensor([0, 0, 1, 2, 3, 4, 5, 6])
+    text, image = torch.randn(8, 16), torch.randn(8, 16)
+    argmax_img, argmax_txt, _, _ = mine_hard_negatives(text, image, pids, pids)
+    # a very sharp softmax is the argmax
+    img, txt, _, _ = mine_hard_negatives(text, image, pids, pids, sample_scale=1e4)
+    assert torch.equal(img, argmax_img) and torch.equal(txt, argmax_txt)
+    # a flat one spreads over every other identity, and never picks the anchor's own
+    draws = torch.stack([mine_hard_negatives(text, image, pids, pids, sample_scale=0.0)[0] for _ in range(400)])
+    assert (pids[draws] != pids).all()
+    assert len(set(draws[:, 0].tolist())) == 6  # text 0 (pid 0): the 6 images of pids 1-6
+    # at a moderate scale the hardest negative is the most frequent draw, but not the only one
+    draws = torch.stack([mine_hard_negatives(text, image, pids, pids, sample_scale=5.0)[0] for _ in range(400)])
+    counts = torch.bincount(draws[:, 2], minlength=8)
+    assert counts.argmax() == argmax_img[2] and counts.max() < 400
+
+
+def test_cada_rejects_unknown_hard_negative_mode(tok):
+    with pytest.raises(ValueError, match="hard_negative='hardest'"):
+        _cada(tok, hard_negative="hardest")
+
+
 def test_itm_rows_without_a_negative_are_left_out(tok):
     m = _cada(tok)
     batch = _batch(m, tok)

@@ -30,7 +30,9 @@ from .losses import gather, global_mean, identity_targets, masked_token_loss
 
 DEFAULTS: dict[str, Any] = {
     "logit_scale": 50.0,             # fixed NDF logit scale (1 / 0.02)
-    "hard_negative_sim": "cosine",   # cosine | dot (official: unnormalised projections); argmax only
+    "hard_negative_sim": "cosine",   # cosine | dot (official: unnormalised projections)
+    "hard_negative": "argmax",       # argmax (official) | sample: drawn from softmax(scale * sim), as BLIP
+    "hard_negative_scale": 50.0,     # the sampling softmax's inverse temperature
     "groups": 2,                     # G groups of text positions for group matching
     "group_weight": 1.0,             # ATP = ITM + group_weight * group matching (0: ITM only, for ablations)
     "group_pooling": "padding_aware",  # padding_aware | official (fixed chunks of 1..len-1, padding included)
@@ -77,7 +79,7 @@ def _ndf_direction(logits: torch.Tensor, q: torch.Tensor, eps: float) -> torch.T
 
 @torch.no_grad()
 def mine_hard_negatives(text_emb: torch.Tensor, image_emb: torch.Tensor, text_pids: torch.Tensor,
-                        image_pids: torch.Tensor, normalize: bool = True
+                        image_pids: torch.Tensor, normalize: bool = True, sample_scale: float | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Hardest negative image per text and hardest negative text per image.
 
@@ -85,6 +87,10 @@ def mine_hard_negatives(text_emb: torch.Tensor, image_emb: torch.Tensor, text_pi
     code takes the argmax of softmax(sim) with same-identity weights set to 0; softmax is monotonic,
     so this is the argmax of the similarity over the allowed candidates, which we compute directly
     (no underflow of tiny softmax weights can then pick an excluded candidate).
+    With `sample_scale`, each negative is instead drawn from softmax(sample_scale * sim) over the
+    allowed candidates (BLIP's sampling; not CADA's official choice): harder negatives stay more
+    likely, but the hardest is no longer always the one, so "most similar" stops predicting
+    "not a match" (README, "Ablations").
     Returns (image index per text, text index per image, has-negative flags for both); a row whose
     candidates all share its identity has no negative and must be left out of the loss.
     """
@@ -95,7 +101,16 @@ def mine_hard_negatives(text_emb: torch.Tensor, image_emb: torch.Tensor, text_pi
     same = text_pids[:, None] == image_pids[None, :]
     t2i = sim_t2i.masked_fill(same, float("-inf"))
     i2t = sim_t2i.t().masked_fill(same.t(), float("-inf"))
-    return t2i.argmax(1), i2t.argmax(1), (~same).any(1), (~same).any(0)
+    ok_t, ok_i = (~same).any(1), (~same).any(0)
+    if sample_scale is None:
+        return t2i.argmax(1), i2t.argmax(1), ok_t, ok_i
+
+    def draw(sim: torch.Tensor, excluded: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
+        logits = (sim * sample_scale).masked_fill(excluded, float("-inf"))
+        probs = logits.masked_fill(~ok[:, None], 0.0).softmax(1)  # a row without negatives: any (left out later)
+        return torch.multinomial(probs, 1).squeeze(1)
+
+    return draw(sim_t2i, same, ok_t), draw(sim_t2i.t(), same.t(), ok_i), ok_t, ok_i
 
 
 def group_pool(hidden: torch.Tensor, attention_mask: torch.Tensor, groups: int = 2, mode: str = "padding_aware",
@@ -176,6 +191,8 @@ class CADA(Method):
         except KeyError as err:
             raise ValueError(f"cada needs [ENC] and [DEC] in the tokenizer (set data.tokenizer_extra_special: "
                              f"['[ENC]', '[DEC]']): {err}") from None
+        if cfg["hard_negative"] not in ("argmax", "sample"):
+            raise ValueError(f"cada: hard_negative={cfg['hard_negative']!r}; use 'argmax' (official) or 'sample'")
         if cfg["group_pooling"] == "official" and cfg["official_group_len"] > bc.context_length:
             raise ValueError(f"group_pooling=official pads texts to official_group_len={cfg['official_group_len']}, "
                              f"more than the context length {bc.context_length}; lower method.official_group_len")
@@ -244,8 +261,10 @@ class CADA(Method):
             ids, mask = _pad_to(ids, mask, int(self.cfg["official_group_len"]), self.tokenizer.pad_id)
         enc_ids = ids.clone()
         enc_ids[:, 0] = self.enc_id
-        neg_img, neg_txt, ok_t, ok_i = mine_hard_negatives(text_emb, image_emb, pids, pids,
-                                                            normalize=self.cfg["hard_negative_sim"] == "cosine")
+        sampled = self.cfg["hard_negative"] == "sample"
+        neg_img, neg_txt, ok_t, ok_i = mine_hard_negatives(
+            text_emb.detach(), image_emb.detach(), pids, pids, normalize=self.cfg["hard_negative_sim"] == "cosine",
+            sample_scale=float(self.cfg["hard_negative_scale"]) if sampled else None)
         neg_img, neg_txt, ok_t, ok_i = neg_img[rows], neg_txt[rows], ok_t[rows], ok_i[rows]
         pool = gather(image_tokens)  # the hard-negative image pool: the global batch's image tokens
         local_ids, local_mask = enc_ids[rows], mask[rows]
