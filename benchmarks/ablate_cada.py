@@ -1,6 +1,6 @@
 """CADA ablation on the embedded benchmark: IRRA baseline, then CADA's losses added one at a time.
 
-    python benchmarks/ablate_cada.py                 # 5 paper-step variants + 1 fix, x 3 seeds, 4 epochs, resumable
+    python benchmarks/ablate_cada.py                 # 5 paper-step variants + 1 probe, x 3 seeds, 4 epochs, resumable
     python benchmarks/ablate_cada.py --seeds 1 --variants irra cada_full
 
 Writes benchmarks/results/ablate_cada.{md,json}: test Rank-1 and mAP (mean ± std over seeds),

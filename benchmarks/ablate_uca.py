@@ -1,6 +1,6 @@
 """UCA ablation on the embedded benchmark: IRRA baseline, then UCA's parts added one at a time.
 
-    python benchmarks/ablate_uca.py                  # 6 paper-step variants + 1 fix, x 3 seeds, 4 epochs, resumable
+    python benchmarks/ablate_uca.py                  # 6 paper-step variants + 1 probe, x 3 seeds, 4 epochs, resumable
     python benchmarks/ablate_uca.py --seeds 1 --variants irra uca_full
 
 Writes benchmarks/results/ablate_uca.{md,json}: test Rank-1 and mAP (mean ± std over seeds) and
