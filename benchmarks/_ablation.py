@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from tbps.config import load_config
+from tbps.config import flatten_keys, get, load_config
 from tbps.engine.runs import evaluate_run
 from tbps.engine.trainer import train
 from tbps.utils import atomic_write_json, atomic_write_text, machine_info
@@ -63,13 +63,10 @@ def ensure_data(root: str) -> None:
     generate(root, preset="small", seed=0, progress=True)
 
 
-def _leaves(cfg: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(cfg, dict):
-        return {prefix[:-1]: cfg}
-    out: dict[str, Any] = {}
-    for k, v in cfg.items():
-        out.update(_leaves(v, f"{prefix}{k}."))
-    return out
+def _leaves(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Dotted key -> value for every non-mapping entry of a config."""
+    values = {k: get(cfg, k) for k in flatten_keys(cfg)}
+    return {k: v for k, v in values.items() if not isinstance(v, dict)}
 
 
 def check_same_config(cfg: dict[str, Any], run_dir: Path) -> None:

@@ -20,13 +20,13 @@ Writes benchmarks/results/eval_speed_<device>.{md,json} with the machine descrip
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _child import child_main, run_child
 
 SIZES = {"cuhk": ("CUHK-PEDES", 6156, 3074, 1000), "icfg": ("ICFG-PEDES", 19848, 19848, 1000)}
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,8 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        print("RESULT " + json.dumps(_child(json.loads(args.child))))
-        return 0
+        return child_main(_child, args.child)
     from tbps.utils import atomic_write_json, atomic_write_text, machine_info
 
     load_before = os.getloadavg()[0]
@@ -138,11 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     for size in args.sizes:
         for impl in ("chunked", "argsort"):
             spec = {"size": size, "impl": impl, "device": args.device, "repeat": args.repeat}
-            proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
-            found = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-            if proc.returncode != 0 or not found:
-                raise SystemExit(f"{size} {impl} failed:\n{proc.stderr[-3000:]}")
-            row = json.loads(found[-1][len("RESULT "):])
+            row, err = run_child(__file__, spec)
+            if row is None:
+                raise SystemExit(f"{size} {impl} failed:\n{err[-3000:]}")
             rows.append(row)
             print(f"{size} {impl:8s}: {row['seconds']:.2f} s, +{row['extra_memory_mib']:.0f} MiB, "
                   f"R1 {row['metrics']['R1']:.3f} mAP {row['metrics']['mAP']:.3f}")

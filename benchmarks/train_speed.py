@@ -22,13 +22,13 @@ Writes benchmarks/results/train_speed_<device>.{md,json} with the machine descri
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _child import child_main, run_child
 
 PAPER = {  # config, global batch of the paper / official code
     "irra": ("irra_cuhk", 64),
@@ -230,8 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        print("RESULT " + json.dumps(_child(json.loads(args.child))))
-        return 0
+        return child_main(_child, args.child)
     on_gpu = args.device.startswith("cuda")
     args.steps = args.steps or (20 if on_gpu else 2)
     args.warmup = args.warmup if args.warmup is not None else (3 if on_gpu else 1)
@@ -250,15 +249,12 @@ def main(argv: list[str] | None = None) -> int:
                     "warmup": args.warmup, "device": args.device, "workers": workers, "data": args.data,
                     "threads": args.threads}
             t0 = time.time()
-            proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
-                                  text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
-            found = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-            if proc.returncode != 0 or not found:
-                err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            row, stderr = run_child(__file__, spec, env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+            if row is None:
+                err = (stderr.strip().splitlines() or ["no output"])[-1]
                 rows.append({"method": m, "amp": amp, "batch": batch, "error": err[:200]})
                 print(f"{m} {amp}: failed: {err}", file=sys.stderr)
                 continue
-            row = json.loads(found[-1][len("RESULT "):])
             rows.append(row)
             print(f"{m:5s} {amp:5s} batch {batch}: pipeline {row['pipeline_pairs_per_s']:.3g} pairs/s, "
                   f"limit {row['limit_pairs_per_s']:.3g} pairs/s ({100 * row['pipeline_over_limit']:.0f}%, "

@@ -150,7 +150,7 @@ def is_current(out_dir: str | Path, preset: str | Preset = "small", seed: int = 
         return False
     p = resolve_preset(preset, height, width)
     return (meta.get("version") == SYNTH_VERSION and meta.get("seed") == seed
-            and meta.get("preset_config") == json.loads(json.dumps(p.to_dict())))
+            and meta.get("preset_config") == p.to_dict())
 
 
 def generate(out_dir: str | Path, preset: str | Preset = "small", seed: int = 0, height: int | None = None,
