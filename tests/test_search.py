@@ -145,7 +145,7 @@ def test_uca_reports_match_probability_and_query_uncertainty(uca_searcher, uca_i
                         feats["emb"][rows], feats["logvar"][rows])
     assert np.allclose([h.match_probability for h in res], m.match_probability(d).numpy(), atol=1e-6)
     assert np.allclose([h.image_uncertainty for h in res], uncertainty(feats["logvar"][rows]).numpy(), rtol=1e-5)
-    with pytest.raises(ValueError, match="re-ranking needs a cada model"):
+    with pytest.raises(ValueError, match="re-ranking needs a method that declares it"):
         uca_searcher.search(text, k=3, rerank=4)
 
 

@@ -3,8 +3,9 @@
 Layout of an index folder::
 
     manifest.json                  the single source of truth (format, model identity, shards, faiss)
-    shards/g000003-00000.safetensors   rows of features: "ids" [n], "emb" [n, D] (+ "logvar" for uca,
-                                   "tokens" [n, 1+P, W] float16 for cada re-ranking); the files'
+    shards/g000003-00000.safetensors   rows of features: "ids" [n] and whatever the method's
+                                   `encode_images` returns: "emb" [n, D], + e.g. "logvar" [n, D] or
+                                   "tokens" [n, 1+P, W] float16 for re-ranking; the files'
                                    metadata (path, size, mtime) in the safetensors header
     faiss-g000003.index            the vector index over "emb", keyed by item id
     .build/                        only while `build` runs: plan.json + one part file per batch
@@ -105,7 +106,8 @@ def model_identity(run: Any, recorded: dict[str, Any] | None = None) -> dict[str
     cfg_sha = hashlib.sha256(json.dumps(subset, sort_keys=True, default=str).encode()).hexdigest()
     fingerprint = hashlib.sha256(f"{weights_sha}\n{tok.hexdigest()}\n{cfg_sha}".encode()).hexdigest()
     bb = run.method.backbone.cfg
-    return {"method": run.cfg["method"]["name"], "run_dir": str(Path(run.run_dir).resolve()),
+    return {"method": run.method.name, "capabilities": run.method.capabilities().to_dict(),
+            "run_dir": str(Path(run.run_dir).resolve()),
             "checkpoint": str(Path(run.checkpoint).resolve()), "weights_path": path,
             "weights_size": int(st.st_size), "weights_mtime_ns": int(st.st_mtime_ns), "weights_sha256": weights_sha,
             "tokenizer_sha256": tok.hexdigest(), "config_sha256": cfg_sha, "fingerprint": fingerprint,
@@ -619,6 +621,7 @@ def remove_from_index(index_dir: str | Path, paths: Sequence[str | Path] = (), *
 def summary(out: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     f = manifest["faiss"]
     return {"index": str(out), "images": manifest["count"], "method": manifest["model"]["method"],
+            "capabilities": manifest["model"].get("capabilities"),
             "model": manifest["model"]["checkpoint"], "gallery": manifest["gallery_root"],
             "faiss": {k: f.get(k) for k in ("kind", "nlist", "nprobe", "efSearch", "recall_at_10", "threshold")
                       if f.get(k) is not None},
