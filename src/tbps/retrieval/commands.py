@@ -61,7 +61,7 @@ def _cmd_index_remove(args: argparse.Namespace) -> int:
 
 
 def _cmd_index_info(args: argparse.Namespace) -> int:
-    from .index import read_manifest, summary
+    from .storage import read_manifest, summary
 
     m = read_manifest(args.index)
     out = summary(Path(args.index), m)

@@ -63,7 +63,7 @@ def export_onnx(run_path: str | Path, out_dir: str | Path, checkpoint: str | Non
                 check: bool = True) -> dict[str, Any]:
     from ..data.loader import tokens_to_dict
     from ..engine.runs import load_run
-    from .index import model_identity
+    from .identity import model_identity
 
     run = load_run(run_path, checkpoint, device="cpu")
     method = run.method.float().eval()

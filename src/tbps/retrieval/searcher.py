@@ -18,14 +18,14 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator
 
 import numpy as np
 import torch
-from safetensors import safe_open
 
 from . import faiss_index as fx
-from .index import check_same_model, model_identity, read_manifest, read_shard
+from .identity import check_same_model, model_identity
+from .storage import IndexReader
 
 
 @dataclass
@@ -69,121 +69,6 @@ class SearchResults:
         d = asdict(self)
         d["hits"] = [h.to_dict() for h in self.hits]
         return d
-
-
-class IndexReader:
-    """An index loaded for searching: ids, file metadata, the per-image feature vectors ("emb" and
-    any other [D] feature) in memory, the FAISS index, and memory-mapped access to larger stored
-    features (e.g. patch tokens), read only for the candidates that need them."""
-
-    def __init__(self, index_dir: str | Path) -> None:
-        self.dir = Path(index_dir)
-        self.manifest = read_manifest(self.dir)
-        features = self.manifest.get("features", {})
-        self.vector_names = ["emb", *sorted(k for k, v in features.items() if k != "emb" and len(v["shape"]) == 1)]
-        ids, items = [], []
-        parts: dict[str, list[torch.Tensor]] = {k: [] for k in self.vector_names}
-        self._shard_rows: list[tuple[int, int, str]] = []  # (first row, end row, file)
-        row = 0
-        for shard in self.manifest["shards"]:
-            t, its = read_shard(self.dir, shard, keys=self.vector_names)
-            ids.append(t["ids"].numpy())
-            for k in self.vector_names:
-                if k in t:
-                    parts[k].append(t[k].float())
-            items.extend(its)
-            self._shard_rows.append((row, row + len(its), str(self.dir / shard["file"])))
-            row += len(its)
-        dim = int(self.manifest["dim"])
-        self.ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
-        self.vectors = {k: torch.cat(v) for k, v in parts.items() if v}
-        if "emb" not in self.vectors:
-            self.vectors["emb"] = torch.zeros((0, dim))
-        self.items = items
-        if len(self.ids) > 1 and not (np.diff(self.ids) > 0).all():
-            order = np.argsort(self.ids, kind="stable")  # shards are written in id order; be safe anyway
-            self.ids = self.ids[order]
-            self.items = [items[i] for i in order]
-            self.vectors = {k: v[torch.from_numpy(order)] for k, v in self.vectors.items()}
-            self._shard_rows = []  # stored features then need the slow path
-            self._order = order
-        else:
-            self._order = None
-        self.stored = set(features) | set(self.vectors)
-        finfo = self.manifest["faiss"]
-        path = self.dir / finfo["file"]
-        if not path.is_file():
-            raise FileNotFoundError(f"faiss index {path} named in {self.dir / 'manifest.json'} is missing")
-        self.faiss = fx.from_bytes(path.read_bytes(), finfo)
-        if self.faiss.ntotal != len(self.ids):
-            raise ValueError(f"index {self.dir} is inconsistent: faiss holds {self.faiss.ntotal} vectors, "
-                             f"the shards {len(self.ids)}")
-        self._handles: dict[str, Any] = {}
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def rows_of(self, ids: np.ndarray) -> np.ndarray:
-        rows = np.searchsorted(self.ids, ids)
-        rows = np.clip(rows, 0, max(0, len(self.ids) - 1))
-        if len(ids) and not (self.ids[rows] == ids).all():
-            raise KeyError(f"ids {ids[self.ids[rows] != ids][:5].tolist()} are not in the index")
-        return rows
-
-    def item(self, id_: int) -> dict[str, Any] | None:
-        if not len(self.ids):
-            return None
-        r = int(np.searchsorted(self.ids, id_))
-        return self.items[r] if r < len(self.ids) and int(self.ids[r]) == int(id_) else None
-
-    def features(self, rows: np.ndarray) -> "CandidateFeatures":
-        """The stored features of the given rows, each read on first access."""
-        return CandidateFeatures(self, rows)
-
-    def read_rows(self, name: str, rows: np.ndarray) -> torch.Tensor:
-        """Stored feature `name` of the given rows: from memory, or from the memory-mapped shards."""
-        if name in self.vectors:
-            return self.vectors[name][torch.from_numpy(np.asarray(rows, dtype=np.int64))]
-        if name not in self.stored:
-            raise KeyError(f"the index {self.dir} stores no {name!r} features (it holds {sorted(self.stored)})")
-        out = []
-        for r in rows.tolist():
-            if self._order is not None:  # unusual layout: locate the row's shard by id
-                r = int(self._order[r])
-            for lo, hi, path in self._shard_rows or self._rows_by_shard():
-                if lo <= r < hi:
-                    f = self._handles.get(path)
-                    if f is None:
-                        f = self._handles[path] = safe_open(path, framework="pt")
-                    out.append(f.get_slice(name)[r - lo:r - lo + 1])
-                    break
-        return torch.cat(out)
-
-    def _rows_by_shard(self) -> list[tuple[int, int, str]]:
-        rows, row = [], 0
-        for shard in self.manifest["shards"]:
-            rows.append((row, row + int(shard["count"]), str(self.dir / shard["file"])))
-            row += int(shard["count"])
-        return rows
-
-
-class CandidateFeatures(Mapping):
-    """What the index stored for a query's candidates, by feature name, read lazily and kept."""
-
-    def __init__(self, reader: IndexReader, rows: np.ndarray) -> None:
-        self.reader, self.rows = reader, rows
-        self._cache: dict[str, torch.Tensor] = {}
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        if name not in self._cache:
-            self._cache[name] = self.reader.read_rows(name, self.rows)
-        return self._cache[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(sorted(self.reader.stored))
-
-    def __len__(self) -> int:
-        return len(self.reader.stored)
 
 
 class Searcher:
