@@ -17,6 +17,15 @@ from tbps.methods.clip_ft import CLIPFineTune, clip_loss
 from tbps.retrieval.serve import create_app
 
 
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """Searching sets OpenMP's thread count (faiss_index.search, threads=1), which torch shares; put it
+    back so that tests running after these (bitwise resume checks) train with the usual threads."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_clip_loss_is_symmetric_infonce_with_the_diagonal_as_positives():
     g = torch.Generator().manual_seed(0)
     v, t = torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g)
