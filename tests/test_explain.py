@@ -11,7 +11,8 @@ from tbps.config import load_config, save_config
 from tbps.data.tokenizers import TrainedTokenizer
 from tbps.engine.build import build_model, build_transforms, image_size_of
 from tbps.engine.checkpoint import save_checkpoint
-from tbps.explain import association_maps, word_spans
+from tbps.explain import association_maps
+from tbps.methods.maps import word_spans
 
 CAPTIONS = [
     "A man wearing a blue and white striped tank top, green pants and pink shoes.",
@@ -43,7 +44,7 @@ def test_maps_have_the_patch_grid_shape_and_differ_between_words(run):
     root, cfg, tok, method = run
     method.eval()
     tf = build_transforms(cfg, image_size_of(method))[1]
-    assoc = association_maps(method, tok, Image.open(root / "person.png"), TEXT, tf, 64)
+    assoc = association_maps(method, Image.open(root / "person.png"), TEXT, tf, 64)
     grid = method.backbone.visual.grid
     assert assoc.grid == grid == (8, 4)
     words = assoc.by_kind("word")
@@ -57,7 +58,7 @@ def test_maps_have_the_patch_grid_shape_and_differ_between_words(run):
     phrases = [p.label for p in assoc.by_kind("phrase")]
     assert "blue and white striped tank top" in phrases and "pink shoes" in phrases
     assert len(assoc.by_kind("caption")) == 1 and 0.0 <= assoc.match_prob <= 1.0
-    last = association_maps(method, tok, Image.open(root / "person.png"), TEXT, tf, 64, layers="last")
+    last = association_maps(method, Image.open(root / "person.png"), TEXT, tf, 64, layers="last")
     assert not np.allclose(last.maps[1].weights, assoc.maps[1].weights)
 
 

@@ -52,7 +52,7 @@ def build_tokenizer(cfg: dict[str, Any], dataset: Dataset | None, run_dir: Path 
     else:
         if not Path(kind).expanduser().exists():
             raise FileNotFoundError(f"data.tokenizer: {kind} is not trained, clip-bpe or bert-wordpiece, and no such "
-                                    "tokenizer folder exists (for CADA: a bert-base-uncased folder holding vocab.txt)")
+                                    "tokenizer folder exists (for bert-wordpiece: a bert-base-uncased folder holding vocab.txt)")
         tok = load_tokenizer(kind)
     if saved is not None:
         tok.save(saved)

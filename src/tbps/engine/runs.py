@@ -80,7 +80,7 @@ def evaluate_run(path: str | Path, split: str = "test", checkpoint: str | None =
     metrics = evaluate(run.method, eval_split, run.tokenizer, run.test_transform(), run.max_len, run.device,
                        int(run.cfg.get("eval", {}).get("batch_size", 128)), progress=progress,
                        score_kwargs=score_kwargs, report_dir=report_dir)
-    info = {"method": run.cfg["method"]["name"], "checkpoint": str(run.checkpoint), "run_dir": str(run.run_dir),
+    info = {"method": run.method.name, "checkpoint": str(run.checkpoint), "run_dir": str(run.run_dir),
             "num_queries": eval_split.num_queries, "num_images": eval_split.num_images,
             "epoch": run.meta.get("epoch")}
     return metrics, info

@@ -129,7 +129,7 @@ def build_train_loader(cfg: dict[str, Any], dataset: Any, tokenizer: Any, method
     tcfg, dcfg = cfg["train"], cfg["data"]
     seed = int(cfg.get("seed", 0))
     max_len = int(dcfg["max_text_len"])
-    extras = getattr(method, "collate_extras", None)
+    extras = method.collate_extras if method.capabilities().caption_extras else None
     if extras is not None and dcfg.get("cache_attributes", True):
         t0 = time.time()
         n = warm_collate_extras(extras, [s.caption for s in dataset.train], tokenizer, max_len)
@@ -273,7 +273,7 @@ def _train(cfg: dict[str, Any], run_dir: Path, resume: bool, progress: bool, dis
             return
         trainer_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                          "scaler": scaler.state_dict(), "counters": dict(state), "torch_rng": torch.get_rng_state()}
-        meta = {"method": cfg["method"]["name"], "backbone": cfg["backbone"]["name"], "num_classes": dataset.num_train_ids,
+        meta = {"method": method.name, "backbone": cfg["backbone"]["name"], "num_classes": dataset.num_train_ids,
                 **{k: state[k] for k in ("epoch", "step_in_epoch", "global_step", "best_r1")}, **(meta_extra or {})}
         save_checkpoint(run_dir / "checkpoints" / name, method, trainer_state if name == "last" else None, meta)
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from ..models import Backbone
 from ..models.fusion import CrossModalEncoder, MLMHead
-from . import METHODS
+from . import register
 from .base import Method, shard_of
 from .losses import gather, id_loss, masked_token_loss, sdm_loss
 from .masking import mask_tokens
@@ -27,7 +27,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-@METHODS.register("irra")
+@register("irra")
 class IRRA(Method):
     def __init__(self, cfg: dict[str, Any], backbone: Backbone, num_classes: int, tokenizer: Any) -> None:
         cfg = {**DEFAULTS, **cfg, "loss_weights": {**DEFAULTS["loss_weights"], **cfg.get("loss_weights", {})}}

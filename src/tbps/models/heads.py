@@ -22,7 +22,19 @@ class MatchHead(nn.Linear):
 
     def match_logit(self, x: torch.Tensor) -> torch.Tensor:
         """The raw logit of the "matched" class, the re-ranking score of CADA's official code."""
-        return self(x)[..., self.MATCH]
+        return self.match_logit_of(self(x))
+
+    def match_probability(self, x: torch.Tensor) -> torch.Tensor:
+        """The probability of "matched" (softmax over the two classes), the one place it is computed."""
+        return self.match_probability_of(self(x))
+
+    @classmethod
+    def match_logit_of(cls, logits: torch.Tensor) -> torch.Tensor:
+        return logits[..., cls.MATCH]
+
+    @classmethod
+    def match_probability_of(cls, logits: torch.Tensor) -> torch.Tensor:
+        return logits.float().softmax(-1)[..., cls.MATCH]
 
 
 class LMHead(nn.Module):
