@@ -266,7 +266,7 @@ def _train(cfg: dict[str, Any], run_dir: Path, resume: bool, progress: bool, dis
     tb = _tensorboard(run_dir / "tb") if main else None
     if logger is not None and dist_info.enabled:
         logger.log({"step": state["global_step"], "world_size": dist_info.world_size, "backend": dist_info.backend,
-                    "per_process_batch": batch_size // dist_info.world_size})
+                    "per_process_batch": batches.local_size})
 
     def checkpoint(name: str, meta_extra: dict[str, Any] | None = None) -> None:
         if not main:
