@@ -213,12 +213,13 @@ def load_config(
     """
     if isinstance(overrides, str):
         raise TypeError("overrides must be a list of 'key=value' strings, not a single string")
+    overrides = list(overrides)
     resolved = _resolve_path(path, search_dirs)
     if schema is None:
-        return apply_overrides(_load_with_bases(resolved, ()), list(overrides))
+        return apply_overrides(_load_with_bases(resolved, ()), overrides)
     layers: list[tuple[Path, dict[str, Any]]] = []
     merged = _load_with_bases(resolved, (), layers)
-    cfg = apply_overrides(merged, [_as_addition(item) for item in overrides])
+    cfg = apply_overrides(merged, overrides, create=True)  # whether each key is known is checked below
     try:
         chosen = schema(cfg)
     except ConfigError as err:  # e.g. an unknown method name: say which file (or override) set it
@@ -253,11 +254,6 @@ def _nested(key: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
     for part in reversed(parts[:-1]):
         out = {part: out}
     return out
-
-
-def _as_addition(item: str) -> str:
-    """Under a schema every override may create its key; whether the key is known is checked after."""
-    return item if not isinstance(item, str) or item.lstrip().startswith("+") else "+" + item.lstrip()
 
 
 def _display(path: Path) -> str:
@@ -331,18 +327,20 @@ def _split_override(item: str) -> tuple[str, str, bool]:
     return key, value.strip(), add
 
 
-def apply_overrides(cfg: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+def apply_overrides(cfg: Mapping[str, Any], overrides: Iterable[str], create: bool = False) -> dict[str, Any]:
     """Return a copy of ``cfg`` with ``key.path=value`` overrides applied in order.
 
     Values are YAML (``train.lr=1e-4``, ``loss.weights=[1,1,0.1]``, ``x=null``).
     Changing a key that does not exist is an error suggesting close matches;
     prefix the key with ``+`` to add it (intermediate mappings are created).
+    With ``create`` every override may add its key (a schema checks them afterwards).
     """
     if isinstance(overrides, str):
         raise TypeError("overrides must be a list of 'key=value' strings, not a single string")
     out = copy.deepcopy(dict(cfg))
     for item in overrides:
         key, raw, add = _split_override(item)
+        add = add or create
         parts = key.split(".")
         node: dict[str, Any] = out
         for depth, part in enumerate(parts[:-1]):
