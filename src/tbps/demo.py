@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from .engine.experiment import load_experiment_config
 from .engine.build import load_data
 from .engine.evaluator import encode_split
+from .engine.experiment import load_experiment_config
 from .engine.runs import load_run
 from .engine.trainer import train
 from .evaluation import format_metrics_table, rank_metrics

@@ -46,7 +46,10 @@ def method_defaults(name: str) -> dict[str, Any]:
 def experiment_schema(cfg: dict[str, Any]) -> Schema:
     """The keys and defaults of a config for the method it names (configs/base.yaml's by default)."""
     base = _base_defaults()
-    name = (cfg.get("method") or {}).get("name", base["method"]["name"])
+    method = cfg.get("method") or {}
+    if not isinstance(method, dict):
+        raise ConfigError(f"method must be a mapping (name: irra, ...), got {method!r}", key="method")
+    name = method.get("name", base["method"]["name"])
     defaults = merge_configs(base, {"method": method_defaults(name)})
     known = merge_configs(defaults, {
         "backbone": {"overrides": {f.name: FREE if f.name == "extra" else None for f in fields(BackboneConfig)}},
