@@ -6,8 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from tbps.cli import CONFIG_DIR, main
-from tbps.config import load_config, save_config
+from tbps.cli import main
+from tbps.config import save_config
+from tbps.engine.experiment import load_experiment_config
 from tbps.data.tokenizers import TrainedTokenizer
 from tbps.engine.build import build_model, build_transforms, image_size_of
 from tbps.engine.checkpoint import save_checkpoint
@@ -26,9 +27,9 @@ TEXT = "A man wearing a blue and white striped tank top, green pants and pink sh
 def run(tmp_path_factory):
     """A cada run folder (config, tokenizer, random weights) written without training."""
     root = tmp_path_factory.mktemp("explain")
-    cfg = load_config("cada_tiny", [
+    cfg = load_experiment_config("cada_tiny", [
         "backbone.overrides={vision_width: 64, vision_heads: 2, vision_layers: 1, text_width: 64, text_heads: 2, "
-        "text_layers: 2, embed_dim: 32}", "method.decoder_layers=1", "train.device=cpu"], search_dirs=[CONFIG_DIR])
+        "text_layers: 2, embed_dim: 32}", "method.decoder_layers=1", "train.device=cpu"])
     tok = TrainedTokenizer.train(CAPTIONS * 3, vocab_size=300, extra_special=["[ENC]", "[DEC]"], min_frequency=1)
     tok.save(root / "tokenizer")
     torch.manual_seed(0)

@@ -24,7 +24,7 @@ def resolve_device(name: str | None) -> torch.device:
 
 def load_data(cfg: dict[str, Any]) -> Dataset:
     d = cfg["data"]
-    return load_dataset(d["dataset"], d["root"], check_images=d.get("check_images", True))
+    return load_dataset(d["dataset"], d["root"], check_images=d["check_images"])
 
 
 def build_tokenizer(cfg: dict[str, Any], dataset: Dataset | None, run_dir: Path | None):
@@ -32,13 +32,13 @@ def build_tokenizer(cfg: dict[str, Any], dataset: Dataset | None, run_dir: Path 
     saved = run_dir / "tokenizer" if run_dir is not None else None
     if saved is not None and saved.is_dir():
         return load_tokenizer(saved)
-    kind = cfg["data"].get("tokenizer", "trained")
+    kind = cfg["data"]["tokenizer"]
     if kind == "trained":
         if dataset is None:
             raise ValueError("a trained tokenizer needs the training captions")
-        extra = list(cfg["data"].get("tokenizer_extra_special", []))
+        extra = list(cfg["data"]["tokenizer_extra_special"])
         tok = TrainedTokenizer.train((s.caption for s in dataset.train),
-                                     vocab_size=int(cfg["data"].get("tokenizer_vocab_size", 4000)), extra_special=extra)
+                                     vocab_size=int(cfg["data"]["tokenizer_vocab_size"]), extra_special=extra)
     elif kind == "clip-bpe":  # data.tokenizer_path, else the checkpoint folder, else the copy shipped in tbps
         ckpt_dir = checkpoint_folder(cfg.get("backbone", {}).get("pretrained"))
         tok = ClipBpeTokenizer(find_clip_bpe(cfg["data"].get("tokenizer_path"), ckpt_dir))

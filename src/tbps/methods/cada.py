@@ -180,6 +180,8 @@ def ara_mask(ids: torch.Tensor, attention_mask: torch.Tensor, special_ids: set[i
 
 @register("cada")
 class CADA(Method):
+    defaults = DEFAULTS  # the one source of this method's config keys and their defaults
+
     def __init__(self, cfg: dict[str, Any], backbone: Backbone, num_classes: int, tokenizer: Any) -> None:
         cfg = {**DEFAULTS, **cfg, "loss_weights": {**DEFAULTS["loss_weights"], **cfg.get("loss_weights", {})}}
         super().__init__(cfg, backbone, num_classes, tokenizer)

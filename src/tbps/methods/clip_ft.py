@@ -41,6 +41,8 @@ def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torc
 
 @register("clip_ft")
 class CLIPFineTune(Method):
+    defaults = DEFAULTS  # the one source of this method's config keys and their defaults
+
     def __init__(self, cfg: dict[str, Any], backbone: Backbone, num_classes: int, tokenizer: Any) -> None:
         cfg = {**DEFAULTS, **cfg}
         if not 0 < float(cfg["temperature_init"]) or float(cfg["max_logit_scale"]) <= 0:

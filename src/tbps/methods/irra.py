@@ -29,6 +29,8 @@ DEFAULTS: dict[str, Any] = {
 
 @register("irra")
 class IRRA(Method):
+    defaults = DEFAULTS  # the one source of this method's config keys and their defaults
+
     def __init__(self, cfg: dict[str, Any], backbone: Backbone, num_classes: int, tokenizer: Any) -> None:
         cfg = {**DEFAULTS, **cfg, "loss_weights": {**DEFAULTS["loss_weights"], **cfg.get("loss_weights", {})}}
         super().__init__(cfg, backbone, num_classes, tokenizer)

@@ -77,7 +77,7 @@ DEFAULTS: dict[str, Any] = {
     "rec_points": "samples",   # samples | mean | none
     "cross_layers": 4,         # self-attention layers after the decoder's cross-attention
     "score": "cosine",         # cosine | w2 | csd: the default ranking ("t2i")
-    "eval_scores": [],         # more rankings, reported as "t2i-<name>"
+    "eval_scores": ["cosine", "w2", "csd"],  # also reported, as "t2i-<name>" (t2i-w2, t2i-csd)
     "score_chunk": 1024,       # queries per chunk for -W2 / -CSD over a gallery
     "uncertainty": "mean_var",  # mean_var (mean sigma^2) | trace (tr S)
     "calibration": "top1",     # top1 | all
@@ -165,6 +165,8 @@ def attribute_flags(captions: list[str], tokens: Any, length: int | None = None)
 
 @register("uca")
 class UCA(Method):
+    defaults = DEFAULTS  # the one source of this method's config keys and their defaults
+
     def __init__(self, cfg: dict[str, Any], backbone: Backbone, num_classes: int, tokenizer: Any) -> None:
         cfg = {**DEFAULTS, **cfg, "loss_weights": {**DEFAULTS["loss_weights"], **cfg.get("loss_weights", {})}}
         for key, allowed in (("distance", DISTANCES), ("score", SCORES), ("rec_points", ("samples", "mean", "none")),
