@@ -41,7 +41,9 @@ def test_methods_models_and_data_never_import_the_engine_or_the_product():
 def test_no_module_reads_the_method_name_from_the_config_and_the_engine_calls_hooks_directly():
     for p in SRC.rglob("*.py"):
         text = p.read_text()
-        if p.name != "build.py":  # build_model is where the name becomes a method
+        # build_model is where the name becomes a method; experiment.py picks the method's config
+        # schema by it (strict configs are checked before any method exists)
+        if p.name not in ("build.py", "experiment.py"):
             assert '["method"]["name"]' not in text, p
     for p in SRC.joinpath("engine").rglob("*.py"):
         assert not re.search(r"(hasattr|getattr)\(method,", p.read_text()), p

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from search_fixtures import clip_ft_index, clip_ft_run, clip_ft_searcher, gallery, tiny_benchmark  # noqa: F401
 from tbps.cli import CONFIG_DIR, main
-from tbps.config import load_config
+from tbps.engine.experiment import load_experiment_config
 from tbps.methods import METHODS, Capabilities
 from tbps.methods.clip_ft import CLIPFineTune, clip_loss
 from tbps.retrieval.serve import create_app
@@ -42,9 +42,9 @@ def _method(**cfg):
     from tbps.data.tokenizers import TrainedTokenizer
     from tbps.engine.build import build_model
 
-    c = load_config("clip_ft_tiny", ["backbone.overrides={vision_width: 32, vision_heads: 2, vision_layers: 1, "
+    c = load_experiment_config("clip_ft_tiny", ["backbone.overrides={vision_width: 32, vision_heads: 2, vision_layers: 1, "
                                      "text_width: 32, text_heads: 2, text_layers: 1, embed_dim: 16}",
-                                     *[f"method.{k}={v}" for k, v in cfg.items()]], search_dirs=[CONFIG_DIR])
+                                     *[f"method.{k}={v}" for k, v in cfg.items()]])
     tok = TrainedTokenizer.train(["a man in a red coat", "a woman with a bag"] * 4, vocab_size=120, min_frequency=1)
     return build_model(c, tok, num_classes=3), tok
 

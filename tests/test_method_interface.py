@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tbps.cli import CONFIG_DIR
-from tbps.config import load_config
+from tbps.engine.experiment import load_experiment_config
 from tbps.data.records import EvalSplit
 from tbps.data.tokenizers import TrainedTokenizer
 from tbps.engine import evaluator
@@ -19,7 +18,7 @@ CAPTIONS = ["a man in a red coat with a black bag", "a woman in blue jeans and w
 
 
 def _build(config: str, *extra: str) -> Method:
-    cfg = load_config(config, [SMALL, "train.device=cpu", *extra], search_dirs=[CONFIG_DIR])
+    cfg = load_experiment_config(config, [SMALL, "train.device=cpu", *extra])
     tok = TrainedTokenizer.train(CAPTIONS, vocab_size=150, extra_special=["[ENC]", "[DEC]"], min_frequency=1)
     torch.manual_seed(0)
     return build_model(cfg, tok, num_classes=4).eval()

@@ -48,7 +48,7 @@ def experiment_schema(cfg: dict[str, Any]) -> Schema:
     base = _base_defaults()
     method = cfg.get("method") or {}
     if not isinstance(method, dict):
-        raise ConfigError(f"method must be a mapping (name: irra, ...), got {method!r}", key="method")
+        raise ConfigError(f"method must be a mapping (name: <method>, ...), got {method!r}", key="method")
     name = method.get("name", base["method"]["name"])
     defaults = merge_configs(base, {"method": method_defaults(name)})
     known = merge_configs(defaults, {
@@ -61,5 +61,5 @@ def experiment_schema(cfg: dict[str, Any]) -> Schema:
 def load_experiment_config(path: str | Path, overrides: Iterable[str] = (),
                            search_dirs: Sequence[str | Path] = (CONFIG_DIR,)) -> dict[str, Any]:
     """Load an experiment config strictly (every key of every file and override checked, defaults
-    filled in) from a path or a name in configs/ (`irra_tiny`), before any data is read."""
+    filled in) from a path or a name in configs/ (e.g. a method's tiny config), before any data is read."""
     return load_config(path, list(overrides), search_dirs, schema=experiment_schema)
