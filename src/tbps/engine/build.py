@@ -63,7 +63,8 @@ def build_transforms(cfg: dict[str, Any], image_size: tuple[int, int]):
     aug = cfg["data"].get("augment", {}) or {}
     h, w = image_size
     train = build_transform(h, w, True, flip=aug.get("flip", True), pad=aug.get("pad", 10),
-                            random_crop=aug.get("random_crop", True), erasing=aug.get("erasing", 0.5))
+                            random_crop=aug.get("random_crop", True), erasing=aug.get("erasing", 0.5),
+                            erase_fill=aug.get("erase_fill", "mean"))
     test = build_transform(h, w, False)
     return train, test
 
