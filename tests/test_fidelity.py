@@ -2,10 +2,16 @@
 the official code"), each checking that the official setting does what the official code does."""
 from __future__ import annotations
 
+import pytest
 import torch
 from PIL import Image
 
+from tbps.cli import CONFIG_DIR
+from tbps.config import load_config
 from tbps.data.transforms import CLIP_MEAN, build_transform
+from tbps.engine.trainer import build_optimizer, parameter_settings
+from tbps.methods import build_method
+from tbps.models import build_backbone
 
 
 def test_erased_box_holds_the_clip_mean_in_normalised_space() -> None:
@@ -18,3 +24,83 @@ def test_erased_box_holds_the_clip_mean_in_normalised_space() -> None:
     assert box.any()
     for c in range(3):
         assert torch.allclose(x[c][box], torch.full_like(x[c][box], CLIP_MEAN[c]))
+
+
+# ----------------------------------------------------------------------------- IRRA: optimizer
+
+class FakeTokenizer:
+    vocab_size, pad_id, mask_id, bos_id, eos_id = 60, 0, 4, 2, 3
+    special_ids = {0, 1, 2, 3, 4}
+
+
+def _irra(**cfg):
+    torch.manual_seed(0)
+    return build_method("irra", cfg, build_backbone("tiny-clip", vocab_size=60), num_classes=4,
+                        tokenizer=FakeTokenizer())
+
+
+def _paper(name: str) -> dict:
+    return load_config(name, [], search_dirs=[CONFIG_DIR])
+
+
+def test_paper_optimizer_is_adam_with_the_official_epsilon() -> None:
+    opt = build_optimizer(_irra(), _paper("irra_cuhk")["train"])
+    assert isinstance(opt, torch.optim.Adam) and opt.defaults["eps"] == 1e-3
+    assert build_optimizer(_irra(), _paper("irra_tiny")["train"]).defaults["eps"] == 1e-8
+
+
+# parameter -> (lr factor, weight decay): official IRRA solver/build.py vs tbps's default rule
+OFFICIAL_GROUPS = {
+    "backbone.visual.conv1.weight": (1.0, 4e-5),
+    "backbone.visual.class_embedding": (1.0, 4e-5),      # 1-d, not a bias: decayed
+    "backbone.visual.ln_pre.weight": (1.0, 4e-5),
+    "backbone.visual.ln_pre.bias": (2.0, 0.0),
+    "cross_modal.ln_pre_t.weight": (1.0, 4e-5),          # no "cross" in the official name (ln_pre_t)
+    "cross_modal.ln_post.bias": (2.0, 0.0),
+    "cross_modal.cross_attn.in_proj_weight": (5.0, 4e-5),
+    "cross_modal.cross_attn.in_proj_bias": (2.0, 0.0),   # the bias rule comes after "cross"
+    "cross_modal.transformer.resblocks.0.mlp.c_fc.weight": (5.0, 4e-5),
+    "classifier.weight": (5.0, 4e-5),
+    "classifier.bias": (5.0, 0.0),                       # the head rule comes after the bias rule
+    "mlm_head.ln.bias": (5.0, 0.0),
+}
+TBPS_GROUPS = {
+    "backbone.visual.conv1.weight": (1.0, 4e-5),
+    "backbone.visual.class_embedding": (1.0, 0.0),
+    "backbone.visual.ln_pre.weight": (1.0, 0.0),
+    "backbone.visual.ln_pre.bias": (1.0, 0.0),
+    "cross_modal.ln_pre_t.weight": (5.0, 0.0),
+    "cross_modal.ln_post.bias": (5.0, 0.0),
+    "cross_modal.cross_attn.in_proj_weight": (5.0, 4e-5),
+    "cross_modal.cross_attn.in_proj_bias": (5.0, 0.0),
+    "cross_modal.transformer.resblocks.0.mlp.c_fc.weight": (5.0, 4e-5),
+    "classifier.weight": (5.0, 4e-5),
+    "classifier.bias": (5.0, 0.0),
+    "mlm_head.ln.bias": (5.0, 0.0),
+}
+
+
+def test_parameter_groups_official_and_tbps_rules() -> None:
+    m = _irra()
+    official = parameter_settings(m, _paper("irra_cuhk")["train"])
+    tbps = parameter_settings(m, {**_paper("irra_cuhk")["train"], "param_groups": None})
+    for name in OFFICIAL_GROUPS:
+        assert official[name] == pytest.approx(OFFICIAL_GROUPS[name]), name
+        assert tbps[name] == pytest.approx(TBPS_GROUPS[name]), name
+    # tbps's rule written as rules gives the same settings for every parameter
+    as_rules = [{"match": r"^(?!backbone\.)", "lr_mult": 5.0}, {"max_ndim": 1, "weight_decay": 0.0}]
+    assert parameter_settings(m, {"weight_decay": 4e-5, "param_groups": as_rules}) == tbps
+    # and the optimizer holds exactly those settings
+    opt = build_optimizer(m, _paper("irra_cuhk")["train"])
+    params = dict(m.named_parameters())
+    for g in opt.param_groups:
+        for p in g["params"]:
+            name = next(n for n, q in params.items() if q is p)
+            assert (g["lr"] / 1e-5, g["weight_decay"]) == pytest.approx(official[name])
+
+
+def test_parameter_group_rules_are_validated() -> None:
+    with pytest.raises(ValueError, match=r"param_groups\[0\]"):
+        parameter_settings(_irra(), {"param_groups": [{"pattern": "bias"}]})
+    with pytest.raises(ValueError, match="regular expression"):
+        parameter_settings(_irra(), {"param_groups": [{"match": "(", "lr_mult": 2.0}]})
