@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from tbps.cli import CONFIG_DIR
@@ -12,6 +13,7 @@ from tbps.data.transforms import CLIP_MEAN, build_transform
 from tbps.engine.trainer import build_optimizer, parameter_settings
 from tbps.methods import build_method
 from tbps.models import build_backbone
+from tbps.models.pretrained import load_state
 
 
 def test_erased_box_holds_the_clip_mean_in_normalised_space() -> None:
@@ -104,3 +106,27 @@ def test_parameter_group_rules_are_validated() -> None:
         parameter_settings(_irra(), {"param_groups": [{"pattern": "bias"}]})
     with pytest.raises(ValueError, match="regular expression"):
         parameter_settings(_irra(), {"param_groups": [{"match": "(", "lr_mult": 2.0}]})
+
+
+# ----------------------------------------------------------------------------- IRRA / UCA: CLIP position table
+
+def test_position_table_is_resized_bilinearly_in_the_paper_configs() -> None:
+    """A 4x4 grid loaded into an 8x4 model: official resize_pos_embed = bilinear F.interpolate."""
+    from test_pretrained import _hf_clip, _our_clip, hf_clip_to_openai
+
+    state = hf_clip_to_openai(_hf_clip(seed=3).state_dict())
+    pos = state["visual.positional_embedding"]  # [1 + 4*4, 48]
+    grid = pos[1:].reshape(1, 4, 4, -1).permute(0, 3, 1, 2)
+    want = {m: F.interpolate(grid, size=(8, 4), mode=m).permute(0, 2, 3, 1).reshape(32, -1) for m in ("bilinear",
+                                                                                                     "bicubic")}
+    assert not torch.allclose(want["bilinear"], want["bicubic"])
+    mode = _paper("irra_cuhk")["backbone"]["pos_interpolation"]
+    assert mode == "bilinear" and _paper("irra_tiny")["backbone"]["pos_interpolation"] == "bicubic"
+    for m in ("bilinear", "bicubic"):
+        ours = _our_clip(image_size=(128, 64))
+        report = load_state(ours, state, pos_interpolation=m)
+        got = ours.visual.positional_embedding.detach()
+        assert torch.allclose(got[1:], want[m], atol=1e-6) and torch.equal(got[0], pos[0])
+        assert any(f"4x4 -> 8x4 ({m})" in n for n in report.notes)
+    with pytest.raises(ValueError, match="backbone.pos_interpolation"):
+        load_state(_our_clip(image_size=(128, 64)), state, pos_interpolation="nearest")

@@ -88,6 +88,7 @@ def build_model(cfg: dict[str, Any], tokenizer: Any, num_classes: int, load_pret
     if b.get("pretrained") and load_pretrained:
         report = load_pretrained_weights(method, b["pretrained"], allow_missing=b.get("pretrained_allow_missing") or (),
                                          trust_pickle=bool(b.get("pretrained_trust_pickle", False)),
+                                         pos_interpolation=b.get("pos_interpolation", "bicubic"),
                                          what=f"backbone.pretrained ({b['name']} weights)")
         print(f"pretrained: {report.summary()}")
     return method
