@@ -12,6 +12,7 @@ from tbps.config import load_config
 from tbps.data.transforms import CLIP_MEAN, build_transform
 from tbps.engine.trainer import build_optimizer, parameter_settings
 from tbps.methods import build_method
+from tbps.methods.masking import _replacement_pool, mask_tokens, pad_tokens
 from tbps.models import build_backbone
 from tbps.models.pretrained import load_state
 
@@ -130,3 +131,77 @@ def test_position_table_is_resized_bilinearly_in_the_paper_configs() -> None:
         assert any(f"4x4 -> 8x4 ({m})" in n for n in report.notes)
     with pytest.raises(ValueError, match="backbone.pos_interpolation"):
         load_state(_our_clip(image_size=(128, 64)), state, pos_interpolation="nearest")
+
+
+# ----------------------------------------------------------------------------- IRRA: the MLM branch
+
+def _captions(B: int = 6, L: int = 12, seed: int = 0, extra_padding: int = 0) -> dict:
+    """Captions of different lengths: [bos=2] words [eos=3] then padding id 0 (masked out)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(B, L + extra_padding, dtype=torch.long)
+    mask = torch.zeros_like(ids, dtype=torch.bool)
+    eot = torch.zeros(B, dtype=torch.long)
+    for b in range(B):
+        n = L - (b % 4) * 2  # real length
+        ids[b, :n] = torch.randint(5, 60, (n,), generator=g)
+        ids[b, 0], ids[b, n - 1] = 2, 3
+        mask[b, :n], eot[b] = True, n - 1
+    return {"images": torch.randn(B, 3, 128, 64, generator=g),
+            "tokens": {"ids": ids, "attention_mask": mask, "eot_index": eot},
+            "pids": torch.arange(B) % 3, "mask_generator": torch.Generator().manual_seed(seed)}
+
+
+def test_global_losses_see_the_masked_caption_when_official() -> None:
+    for on in (False, True):
+        m = _irra(global_on_masked_caption=on)
+        seen = []
+        encode = m.backbone.encode_text
+        m.backbone.encode_text = lambda ids, *a: seen.append(ids.clone()) or encode(ids, *a)
+        batch = _captions()
+        m(batch)
+        masked = m._masked_caption(batch["tokens"], torch.Generator().manual_seed(0))
+        assert len(seen) == 1  # the one text pass whose EOT feature SDM and ID use
+        assert torch.equal(seen[0], masked["ids"] if on else batch["tokens"]["ids"])
+        assert not torch.equal(masked["ids"], batch["tokens"]["ids"])
+
+
+def test_official_masking_uses_position_one_and_never_id_zero() -> None:
+    ids = torch.tensor([[2, 7, 0, 9, 3, 0], [2, 8, 11, 3, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 0]], dtype=torch.bool)  # id 0 at [0, 2] is real
+    g = torch.Generator().manual_seed(0)
+    out, labels = mask_tokens(ids, mask, {2, 3, 4}, 4, 60, g, prob=0.0, fallback="first", never_ids=frozenset({0}))
+    assert torch.equal(out[:, 1], torch.tensor([4, 4])) and torch.equal(labels[:, 1], ids[:, 1])
+    assert (labels[:, [0, 2, 3, 4, 5]] == -100).all() and torch.equal(out[:, 2:], ids[:, 2:])
+    out, labels = mask_tokens(ids, mask, {2, 3, 4}, 4, 60, g, prob=1.0, fallback="first", never_ids=frozenset({0}))
+    assert labels[0, 2] == -100 and out[0, 2] == 0  # id 0 is never masked
+    assert 0 not in _replacement_pool(60, frozenset({2, 3, 4, 0})).tolist()
+    for seed in range(20):  # nor drawn as a random replacement
+        out, labels = mask_tokens(ids.repeat(50, 1), mask.repeat(50, 1), {2, 3, 4}, 4, 6,
+                                  torch.Generator().manual_seed(seed), prob=1.0, never_ids=frozenset({0}))
+        assert not ((out == 0) & (labels != -100)).any()
+    m = _irra(mlm_masking="official", mlm_prob=0.0)
+    masked = m._masked_caption(_captions()["tokens"], torch.Generator().manual_seed(0))
+    assert (masked["ids"][:, 1] == 4).all() and ((masked["labels"] != -100).sum(1) == 1).all()
+
+
+def test_mlm_padding_mask_and_context_make_the_loss_independent_of_the_batch_padding() -> None:
+    batch = _captions()
+
+    def mlm(padding: str, extra: int) -> float:
+        """The MLM loss on the same masked captions with `extra` more padding columns."""
+        m = _irra(mlm_padding=padding)
+        masked = m._masked_caption(batch["tokens"], torch.Generator().manual_seed(0))
+        ids, att = pad_tokens(masked["ids"], masked["attention_mask"], masked["ids"].shape[1] + extra, 0)
+        labels = torch.cat([masked["labels"], masked["labels"].new_full((len(ids), extra), -100)], 1)
+        with torch.no_grad():
+            _, image_tokens = m.backbone.encode_image(batch["images"])
+            return float(m._mlm_loss({"ids": ids, "labels": labels, "attention_mask": att}, image_tokens))
+
+    assert mlm("mask", 0) == pytest.approx(mlm("mask", 9), abs=1e-5)
+    assert abs(mlm("none", 0) - mlm("none", 9)) > 1e-4  # the former behaviour depends on it
+    # context: every batch is padded to the context length before masking, as the official code
+    m = _irra(mlm_padding="context", loss_weights={"sdm": 0.0, "id": 0.0})
+    with torch.no_grad():
+        assert float(m(_captions())["mlm"]) == pytest.approx(float(m(_captions(extra_padding=9))["mlm"]), abs=1e-5)
+    masked = _irra(mlm_padding="context")._masked_caption(batch["tokens"], torch.Generator().manual_seed(0))
+    assert masked["ids"].shape[1] == 64 and (masked["ids"][:, 12:] == 0).all()  # padded to the context length

@@ -27,6 +27,7 @@ from ..models.text import BertTextModel
 from . import METHODS
 from .base import Method, shard_of
 from .losses import gather, global_mean, identity_targets, masked_token_loss
+from .masking import pad_tokens as _pad_to
 
 DEFAULTS: dict[str, Any] = {
     "logit_scale": 50.0,             # fixed NDF logit scale (1 / 0.02)
@@ -371,15 +372,6 @@ class CADA(Method):
         final = sim.float() - 100.0
         final.scatter_(1, top_idx, match + top_sim.float())
         return final
-
-
-def _pad_to(ids: torch.Tensor, mask: torch.Tensor, length: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad (or keep) token ids and mask to `length` positions."""
-    extra = length - ids.shape[1]
-    if extra <= 0:
-        return ids, mask
-    return (torch.cat([ids, ids.new_full((ids.shape[0], extra), pad_id)], 1),
-            torch.cat([mask, mask.new_zeros((mask.shape[0], extra))], 1))
 
 
 def _as_list(k: int | Sequence[int]) -> list[int]:
