@@ -9,7 +9,9 @@ from PIL import Image
 
 from tbps.cli import CONFIG_DIR
 from tbps.config import load_config
+from tbps.data.tokenizers import TrainedTokenizer
 from tbps.data.transforms import CLIP_MEAN, build_transform
+from tbps.engine.checkpoint import load_model_weights, save_checkpoint
 from tbps.engine.trainer import build_optimizer, parameter_settings
 from tbps.methods import build_method
 from tbps.methods.masking import _replacement_pool, mask_tokens, pad_tokens
@@ -205,3 +207,108 @@ def test_mlm_padding_mask_and_context_make_the_loss_independent_of_the_batch_pad
         assert float(m(_captions())["mlm"]) == pytest.approx(float(m(_captions(extra_padding=9))["mlm"]), abs=1e-5)
     masked = _irra(mlm_padding="context")._masked_caption(batch["tokens"], torch.Generator().manual_seed(0))
     assert masked["ids"].shape[1] == 64 and (masked["ids"][:, 12:] == 0).all()  # padded to the context length
+
+
+# ----------------------------------------------------------------------------- CADA
+
+@pytest.fixture(scope="module")
+def wordpiece():
+    from test_cada import CAPTIONS
+
+    return TrainedTokenizer.train(CAPTIONS * 3, vocab_size=400, extra_special=["[ENC]", "[DEC]"], min_frequency=1)
+
+
+def _cada_and_batch(tok, dropout: float = 0.0, **cfg):
+    from test_cada import SMALL, _batch
+
+    torch.manual_seed(0)
+    bb = build_backbone("tiny-blip", vocab_size=tok.vocab_size, text_dropout=dropout, **SMALL)
+    m = build_method("cada", cfg, bb, num_classes=4, tokenizer=tok)
+    return m, _batch(m, tok)
+
+
+def test_ara_decoder_starts_with_cls_when_official(wordpiece):
+    for start, want in (("cls", wordpiece.bos_id), ("dec", wordpiece.token_id("[DEC]"))):
+        m, batch = _cada_and_batch(wordpiece, ara_start_token=start, loss_weights={"glb": 0.0, "atp": 0.0})
+        seen = []
+        m.text_decoder.register_forward_pre_hook(lambda mod, args: seen.append(args[0].clone()))
+        m(batch)
+        assert len(seen) == 1 and (seen[0][:, 0] == want).all()
+    assert wordpiece.token_id("[CLS]") == wordpiece.bos_id
+
+
+def test_pad_row_of_both_word_embeddings_never_gets_a_gradient(wordpiece):
+    """Official pooling averages padding states, so without padding_idx the [PAD] row would learn."""
+    m, batch = _cada_and_batch(wordpiece, group_pooling="official", official_group_len=40)
+    assert wordpiece.pad_id == 0 and (batch["tokens"]["ids"] == 0).any()
+    m(batch)["loss"].backward()
+    for emb in (m.backbone.text.embeddings.word_embeddings, m.text_decoder.embeddings.word_embeddings):
+        assert emb.padding_idx == 0
+        assert torch.equal(emb.weight.grad[0], torch.zeros_like(emb.weight.grad[0]))
+        assert emb.weight.grad[1:].abs().sum() > 0
+
+
+def test_text_dropout_acts_in_training_only(wordpiece):
+    m, batch = _cada_and_batch(wordpiece, dropout=0.1)
+    ids, mask = batch["tokens"]["ids"], batch["tokens"]["attention_mask"]
+    _, image_tokens = m.backbone.encode_image(batch["images"])
+    for tower in (lambda: m.backbone.text(ids, mask, image_tokens), lambda: m.text_decoder(ids, mask, image_tokens,
+                                                                                           causal=True)):
+        m.train()
+        assert not torch.allclose(tower(), tower())
+        m.eval()
+        assert torch.equal(tower(), tower())
+    m0, _ = _cada_and_batch(wordpiece, dropout=0.0)
+    m0.train()
+    assert torch.equal(m0.backbone.text(ids, mask, image_tokens), m0.backbone.text(ids, mask, image_tokens))
+    assert build_backbone("blip-base", text_layers=1, vision_layers=1).cfg.text_dropout == 0.1
+
+
+def test_tied_lm_head_shares_storage_through_training_and_checkpoints(wordpiece, tmp_path):
+    m, batch = _cada_and_batch(wordpiece, tie_lm_head=True)
+    emb = m.text_decoder.embeddings.word_embeddings.weight
+    assert m.lm_head.decoder.weight is emb
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+    m(batch)["loss"].backward()
+    opt.step()
+    assert m.lm_head.decoder.weight.data_ptr() == emb.data_ptr()
+    save_checkpoint(tmp_path / "ckpt", m, None, {})
+    fresh, _ = _cada_and_batch(wordpiece, tie_lm_head=True)
+    load_model_weights(tmp_path / "ckpt", fresh)
+    assert torch.equal(fresh.text_decoder.embeddings.word_embeddings.weight, emb)
+    assert fresh.lm_head.decoder.weight is fresh.text_decoder.embeddings.word_embeddings.weight
+    untied, _ = _cada_and_batch(wordpiece)
+    assert untied.lm_head.decoder.weight.data_ptr() != untied.text_decoder.embeddings.word_embeddings.weight.data_ptr()
+
+
+# ----------------------------------------------------------------------------- the paper configs
+
+@pytest.mark.parametrize("dataset", ["cuhk", "icfg", "rstp"])
+def test_paper_configs_select_every_official_switch(dataset: str) -> None:
+    for method in ("irra", "uca"):
+        c = _paper(f"{method}_{dataset}")
+        t = c["train"]
+        assert t["optimizer"] == "adam" and t["eps"] == 1e-3 and t["amp"] == "fp16"
+        assert [r["match"] for r in t["param_groups"]][1] == "bias" and t["param_groups"][1]["lr_mult"] == 2.0
+        assert c["backbone"]["pos_interpolation"] == "bilinear"
+        assert c["data"]["augment"]["erasing"] == 0.5 and c["data"]["augment"]["erase_fill"] == "mean"
+    irra = _paper(f"irra_{dataset}")["method"]
+    assert irra["global_on_masked_caption"] is True
+    assert irra["mlm_masking"] == "official" and irra["mlm_padding"] == "context"
+    cada = _paper(f"cada_{dataset}")
+    m = cada["method"]
+    assert m["hard_negative_sim"] == "dot" and m["group_pooling"] == "official" and m["official_group_len"] == 73
+    assert m["ara_start_token"] == "cls" and m["tie_lm_head"] is True and m["hard_negative"] == "argmax"
+    assert cada["backbone"]["overrides"]["text_dropout"] == 0.1
+    assert cada["data"]["augment"]["erase_fill"] == "mean"
+
+
+def test_tiny_configs_keep_their_behaviour() -> None:
+    irra = _paper("irra_tiny")
+    assert irra["method"]["global_on_masked_caption"] is False and irra["method"]["mlm_masking"] == "tbps"
+    assert irra["method"]["mlm_padding"] == "none" and irra["train"]["param_groups"] is None
+    assert irra["train"]["eps"] == 1e-8 and irra["backbone"]["pos_interpolation"] == "bicubic"
+    cada = _paper("cada_tiny")["method"]
+    assert cada["hard_negative_sim"] == "cosine" and cada["group_pooling"] == "padding_aware"
+    assert cada["ara_start_token"] == "dec" and cada["tie_lm_head"] is False
+    assert "text_dropout" not in _paper("cada_tiny")["backbone"]["overrides"]
