@@ -11,6 +11,7 @@ from tbps.cli import CONFIG_DIR
 from tbps.config import load_config
 from tbps.data.tokenizers import TrainedTokenizer
 from tbps.data.transforms import CLIP_MEAN, build_transform
+from tbps.engine.build import build_transforms
 from tbps.engine.checkpoint import load_model_weights, save_checkpoint
 from tbps.engine.trainer import build_optimizer, parameter_settings
 from tbps.methods import build_method
@@ -29,6 +30,9 @@ def test_erased_box_holds_the_clip_mean_in_normalised_space() -> None:
     assert box.any()
     for c in range(3):
         assert torch.allclose(x[c][box], torch.full_like(x[c][box], CLIP_MEAN[c]))
+    for name in ("irra_cuhk", "uca_rstp", "cada_icfg"):  # what a paper run gets through the engine
+        train, _ = build_transforms(_paper(name), (128, 64))
+        assert train.erase_fill == CLIP_MEAN and train.erasing == 0.5
 
 
 # ----------------------------------------------------------------------------- IRRA: optimizer
