@@ -222,9 +222,11 @@ class ShardedBatchSampler(Sampler[list[TrainItem]]):
 def tokens_to_dict(batch, trim: bool = True) -> dict[str, torch.Tensor]:
     """Token tensors of a TokenBatch, cut to the longest caption in the batch (dynamic padding).
 
-    Trimming never changes a result: padding sits after every real token, CLIP's text tower is
-    causal and BERT masks padded keys. It saves most of the text cost, since real captions are
-    far shorter than the maximum length.
+    Padding sits after every real token, CLIP's text tower is causal and BERT masks padded keys,
+    so the text towers' outputs at real tokens do not depend on trimming. A module that attends
+    over the padding unmasked does: IRRA's MLM branch under `method.mlm_padding=none` (the default
+    `mask` masks it; `context`, the official setting, pads again to the context length). Trimming
+    saves most of the text cost, since real captions are far shorter than the maximum length.
     """
     ids, mask = batch.ids, batch.attention_mask
     if trim:

@@ -63,7 +63,8 @@ def build_transforms(cfg: dict[str, Any], image_size: tuple[int, int]):
     aug = cfg["data"].get("augment", {}) or {}
     h, w = image_size
     train = build_transform(h, w, True, flip=aug.get("flip", True), pad=aug.get("pad", 10),
-                            random_crop=aug.get("random_crop", True), erasing=aug.get("erasing", 0.5))
+                            random_crop=aug.get("random_crop", True), erasing=aug.get("erasing", 0.5),
+                            erase_fill=aug.get("erase_fill", "mean"))
     test = build_transform(h, w, False)
     return train, test
 
@@ -87,6 +88,7 @@ def build_model(cfg: dict[str, Any], tokenizer: Any, num_classes: int, load_pret
     if b.get("pretrained") and load_pretrained:
         report = load_pretrained_weights(method, b["pretrained"], allow_missing=b.get("pretrained_allow_missing") or (),
                                          trust_pickle=bool(b.get("pretrained_trust_pickle", False)),
+                                         pos_interpolation=b.get("pos_interpolation", "bicubic"),
                                          what=f"backbone.pretrained ({b['name']} weights)")
         print(f"pretrained: {report.summary()}")
     return method

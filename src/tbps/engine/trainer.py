@@ -14,6 +14,7 @@ Run folder layout:
 from __future__ import annotations
 
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -34,25 +35,66 @@ from .evaluator import evaluate
 
 
 def build_optimizer(method: torch.nn.Module, tcfg: dict[str, Any]) -> torch.optim.Optimizer:
-    """Adam/AdamW with a larger learning rate for modules trained from scratch and no decay on
-    biases, norms and embeddings' 1-d parameters."""
-    lr, wd = float(tcfg["lr"]), float(tcfg["weight_decay"])
-    mult = float(tcfg["new_module_lr_mult"])
-    new = method.new_parameter_names()
+    """Adam/AdamW over parameter groups given by `train.param_groups` (see `parameter_settings`);
+    epsilon `train.eps` (official IRRA: 1e-3, the value its fp16 weights need)."""
+    lr = float(tcfg["lr"])
     groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
-    for name, p in method.named_parameters():
-        if not p.requires_grad:
-            continue
-        key = (lr * (mult if name in new else 1.0), 0.0 if p.ndim < 2 else wd)
-        groups.setdefault(key, []).append(p)
+    params_by_name = dict(method.named_parameters())
+    for name, (mult, wd) in parameter_settings(method, tcfg).items():
+        groups.setdefault((lr * mult, wd), []).append(params_by_name[name])
     params = [{"params": ps, "lr": glr, "weight_decay": gwd} for (glr, gwd), ps in sorted(groups.items())]
     name = tcfg["optimizer"].lower()
     betas = tuple(tcfg["betas"])
+    eps = float(tcfg["eps"])
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=betas, eps=1e-8)
+        return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=betas, eps=1e-8)
+        return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps)
     raise ValueError(f"unknown train.optimizer {name!r}; use adam or adamw")
+
+
+_RULE_KEYS = {"match", "max_ndim", "lr_mult", "weight_decay"}
+
+
+def parameter_settings(method: torch.nn.Module, tcfg: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """(learning-rate factor, weight decay) of every trainable parameter, by name.
+
+    `train.param_groups: null` is tbps's rule: parameters outside the backbone learn
+    `new_module_lr_mult` times faster; 1-d parameters (biases, norm gains, class embedding) get no
+    weight decay. Otherwise it is an ordered list of rules, each with an optional `match` (regular
+    expression searched in the parameter name), an optional `max_ndim` (only parameters with at most
+    that many dimensions) and the `lr_mult` and/or `weight_decay` it sets; every parameter starts at
+    (1, train.weight_decay) and each rule that applies overrides what it names, later rules winning.
+    The official IRRA rule (solver/build.py) in tbps's names is in irra_cuhk.yaml.
+    """
+    wd = float(tcfg["weight_decay"])
+    trainable = [(n, p) for n, p in method.named_parameters() if p.requires_grad]
+    rules = tcfg["param_groups"]
+    if rules is None:
+        mult = float(tcfg["new_module_lr_mult"])
+        new = method.new_parameter_names()
+        return {n: (mult if n in new else 1.0, 0.0 if p.ndim < 2 else wd) for n, p in trainable}
+    if not isinstance(rules, list):
+        raise ValueError(f"train.param_groups must be null or a list of rules, got {rules!r}")
+    compiled = []
+    for i, rule in enumerate(rules):
+        if not isinstance(rule, dict) or not rule or set(rule) - _RULE_KEYS:
+            raise ValueError(f"train.param_groups[{i}]: {rule!r} is not a rule; use keys {sorted(_RULE_KEYS)}")
+        try:
+            pattern = re.compile(str(rule.get("match", "")))
+        except re.error as err:
+            raise ValueError(f"train.param_groups[{i}].match: {rule['match']!r} is not a regular expression: "
+                             f"{err}") from None
+        compiled.append((pattern, rule))
+    out = {}
+    for n, p in trainable:
+        mult, decay = 1.0, wd
+        for pattern, rule in compiled:
+            if pattern.search(n) and p.ndim <= int(rule.get("max_ndim", p.ndim)):
+                mult = float(rule.get("lr_mult", mult))
+                decay = float(rule.get("weight_decay", decay))
+        out[n] = (mult, decay)
+    return out
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,

@@ -28,6 +28,7 @@ from . import register
 from .base import Capabilities, Method, Ranking, cosine, shard_of
 from .losses import gather, global_mean, identity_targets, masked_token_loss
 from .maps import Associations, collect_maps, token_maps
+from .masking import pad_tokens as _pad_to
 
 DEFAULTS: dict[str, Any] = {
     "logit_scale": 50.0,             # fixed NDF logit scale (1 / 0.02)
@@ -43,6 +44,8 @@ DEFAULTS: dict[str, Any] = {
     "ara_phrase_prob": 0.8,          # per attribute phrase (phrase mode)
     "attribute_include_person": False,  # also mask person nouns (man, woman ...) like POS tagging would
     "decoder_layers": None,          # text decoder depth; null = the backbone's text depth
+    "ara_start_token": "dec",        # the decoder's first input in ARA: dec ([DEC], BLIP's captioning) | cls (official)
+    "tie_lm_head": False,            # true: the LM head's matrix is the decoder's word embeddings (official)
     "rerank_k": [32],                # top-k images re-scored per query; one reported task per k
     "rerank_batch": 512,             # (text, image) pairs per matching forward pass at inference
     "loss_weights": {"glb": 1.0, "atp": 1.0, "ara": 0.1},  # official code; the paper: glb 0.1, ara 1
@@ -196,6 +199,8 @@ class CADA(Method):
                              f"['[ENC]', '[DEC]']): {err}") from None
         if cfg["hard_negative"] not in ("argmax", "sample"):
             raise ValueError(f"cada: hard_negative={cfg['hard_negative']!r}; use 'argmax' (official) or 'sample'")
+        if cfg["ara_start_token"] not in ("dec", "cls"):
+            raise ValueError(f"cada: ara_start_token={cfg['ara_start_token']!r}; use 'dec' or 'cls' (official)")
         if cfg["group_pooling"] == "official" and cfg["official_group_len"] > bc.context_length:
             raise ValueError(f"group_pooling=official pads texts to official_group_len={cfg['official_group_len']}, "
                              f"more than the context length {bc.context_length}; lower method.official_group_len")
@@ -203,8 +208,11 @@ class CADA(Method):
         layers = int(cfg["decoder_layers"] or bc.text_layers)
         # BLIP's text decoder: same BERT, causal self-attention, cross-attention to every image token.
         self.text_decoder = BertTextModel(bc.vocab_size, bc.context_length, bc.text_width, layers, bc.text_heads,
-                                          cross_width=bc.vision_width, grad_checkpointing=bc.grad_checkpointing)
+                                          cross_width=bc.vision_width, grad_checkpointing=bc.grad_checkpointing,
+                                          dropout=bc.text_dropout)
         self.lm_head = LMHead(bc.text_width, bc.vocab_size)
+        if cfg["tie_lm_head"]:  # as the official decoder under transformers 4.x (tie_word_embeddings)
+            self.lm_head.decoder.weight = self.text_decoder.embeddings.word_embeddings.weight
         self.itm_head = MatchHead(bc.text_width)
         self.group_head = MatchHead(bc.text_width)
 
@@ -297,8 +305,9 @@ class CADA(Method):
         return itm, group
 
     def _ara_loss(self, batch: dict[str, Any], image_tokens: torch.Tensor) -> torch.Tensor:
-        """The causal decoder reads the attribute-masked caption ([DEC] first) and the image tokens;
-        logits at position i predict the original token at i (CE on the masked positions only)."""
+        """The causal decoder reads the attribute-masked caption ([DEC] first, or [CLS] as the official
+        code with ara_start_token=cls) and the image tokens; logits at position i predict the original
+        token at i (CE on the masked positions only)."""
         tok = batch["tokens"]
         ids, mask = tok["ids"], tok["attention_mask"]
         if "attr_flags" not in batch:  # batches built without the training collate (e.g. by hand)
@@ -311,7 +320,8 @@ class CADA(Method):
                                   flags=glob["attr_flags"].cpu(), phrase_ids=glob["attr_phrase_ids"].cpu(),
                                   mode=mode, prob=self.cfg["ara_prob" if mode == "token" else "ara_phrase_prob"])
         masked, labels = masked[rows].to(ids.device), labels[rows].to(ids.device)
-        masked[:, 0] = self.dec_id
+        if self.cfg["ara_start_token"] == "dec":
+            masked[:, 0] = self.dec_id
         hidden = self.text_decoder(masked, mask, image_tokens, causal=True)
         chosen = labels != -100
         logits = self.lm_head(hidden[chosen])
@@ -425,15 +435,6 @@ class CADA(Method):
         cos = float(F.cosine_similarity(img_emb.float(), txt_emb.float())[0])
         return Associations(text, tuple(bb.visual.grid), str(layers), match_prob, cos,
                             collect_maps(text, tb.offsets[0][:n], maps[0].cpu(), bool(self.cfg["attribute_include_person"])))
-
-
-def _pad_to(ids: torch.Tensor, mask: torch.Tensor, length: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad (or keep) token ids and mask to `length` positions."""
-    extra = length - ids.shape[1]
-    if extra <= 0:
-        return ids, mask
-    return (torch.cat([ids, ids.new_full((ids.shape[0], extra), pad_id)], 1),
-            torch.cat([mask, mask.new_zeros((mask.shape[0], extra))], 1))
 
 
 def _as_list(k: int | Sequence[int]) -> list[int]:

@@ -40,8 +40,8 @@ class MatchHead(nn.Linear):
 class LMHead(nn.Module):
     """BERT's prediction head: dense -> GELU -> LayerNorm -> vocabulary logits.
 
-    Not tied to the word embeddings: tied tensors cannot be stored in one safetensors file, and
-    BLIP checkpoints carry the decoder matrix explicitly anyway.
+    Its own matrix unless the method ties `decoder.weight` to a word-embedding table (CADA's
+    `method.tie_lm_head`, as the official decoder); checkpoints then store the tensor under both names.
     """
 
     def __init__(self, width: int, vocab_size: int, eps: float = 1e-12) -> None:

@@ -15,7 +15,8 @@ BLIP checkpoints fill the whole CADA model: the image encoder, the image-grounde
 (with its cross-attention), the projections, the ITM head, and (when the file has one, as
 `model_base.pth` does) the text decoder with its LM head. Momentum encoders, queues and the
 temperature are skipped. CLIP checkpoints fill the backbone; IRRA's / UCA's own modules stay at
-their initialisation. The image position table is interpolated (bicubic) from the checkpoint's
+their initialisation. The image position table is interpolated (bicubic, or bilinear as the official
+IRRA code with `pos_interpolation="bilinear"`) from the checkpoint's
 square grid to the model's, e.g. 14x14 -> 24x8 for 384x128 images; a longer text position table is
 cut to the model's context length.
 
@@ -89,17 +90,20 @@ class LoadReport:
 
 
 def load_pretrained(model: nn.Module, path: str | Path, *, allow_missing: Iterable[str] = (),
-                    trust_pickle: bool = False, what: str = "pretrained weights") -> LoadReport:
+                    trust_pickle: bool = False, what: str = "pretrained weights",
+                    pos_interpolation: str = "bicubic") -> LoadReport:
     """Fill `model` (a `Method` or a `Backbone`) with the checkpoint at `path`; see the module docstring."""
     raw = read_checkpoint(path, what, trust_pickle)
     if raw.hf_config and raw.hf_config.get("model_type") == "bert":
         raise PretrainedLoadError(f"{what}: {raw.path} is a BERT folder (a text model only); it serves CADA's "
                                   "tokenizer (data.tokenizer), not as image-text weights (BLIP's model_base.pth)")
-    return load_state(model, raw.state, path=str(raw.path), source=raw.source, allow_missing=allow_missing)
+    return load_state(model, raw.state, path=str(raw.path), source=raw.source, allow_missing=allow_missing,
+                      pos_interpolation=pos_interpolation)
 
 
 def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, path: str = "<state dict>",
-               source: str = "in memory", allow_missing: Iterable[str] = ()) -> LoadReport:
+               source: str = "in memory", allow_missing: Iterable[str] = (),
+               pos_interpolation: str = "bicubic") -> LoadReport:
     layout = detect_layout(state)
     converted, ignored, left = convert_state_dict(state, layout)
     backbone = _backbone_of(model)
@@ -111,7 +115,8 @@ def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, path: str
             f"is the {family} layout; use backbone.name: {need} with these weights")
     bare = model is backbone  # a bare Backbone: our converted names carry "backbone."
     target = {("backbone." + k if bare else k): v.shape for k, v in model.state_dict().items()}
-    plan = plan_load(target, converted, left, LAYOUT_FAMILY[layout], tuple(backbone.visual.grid), allow_missing)
+    plan = plan_load(target, converted, left, LAYOUT_FAMILY[layout], tuple(backbone.visual.grid), allow_missing,
+                     pos_interpolation)
     report = LoadReport(path, source, layout, ignored=ignored, unused=plan.unused, kept_random=plan.kept_random,
                         notes=plan.notes)
     if plan.errors():
@@ -179,7 +184,8 @@ class LoadPlan:
 
 
 def plan_load(target: Mapping[str, torch.Size], converted: Mapping[str, torch.Tensor], unmapped: Iterable[str],
-              family: str, grid: tuple[int, int], allow_missing: Iterable[str] = ()) -> LoadPlan:
+              family: str, grid: tuple[int, int], allow_missing: Iterable[str] = (),
+              pos_interpolation: str = "bicubic") -> LoadPlan:
     """Match converted tensors to the model's keys and shapes (adapting position tables) without copying."""
     plan = LoadPlan()
     modules = {k.split(".")[0] for k in target}
@@ -195,7 +201,7 @@ def plan_load(target: Mapping[str, torch.Size], converted: Mapping[str, torch.Te
             continue
         want = tuple(target[k])
         if tuple(v.shape) != want:
-            v = _adapt(k, v, want, grid, notes)
+            v = _adapt(k, v, want, grid, notes, pos_interpolation)
         if tuple(v.shape) != want:
             plan.mismatched.append((k, tuple(v.shape), want))
             continue
@@ -219,15 +225,16 @@ def plan_load(target: Mapping[str, torch.Size], converted: Mapping[str, torch.Te
     return plan
 
 
-def _adapt(key: str, v: torch.Tensor, want: tuple, grid: tuple[int, int], notes: dict[str, str]) -> torch.Tensor:
+def _adapt(key: str, v: torch.Tensor, want: tuple, grid: tuple[int, int], notes: dict[str, str],
+           mode: str = "bicubic") -> torch.Tensor:
     if key == "backbone.visual.positional_embedding" and v.ndim == 2 and v.shape[1] == want[1]:
         try:
             old = square_grid(v.shape[0] - 1)
         except ValueError:
             return v
         if 1 + grid[0] * grid[1] == want[0]:
-            notes[key] = f"image position grid {old[0]}x{old[1]} -> {grid[0]}x{grid[1]} (bicubic)"
-            return interpolate_pos_embedding(v, old, grid)
+            notes[key] = f"image position grid {old[0]}x{old[1]} -> {grid[0]}x{grid[1]} ({mode})"
+            return interpolate_pos_embedding(v, old, grid, mode)
     if key in _TEXT_POSITIONS and v.ndim == 2 and v.shape[1] == want[1] and v.shape[0] > want[0]:
         notes[key] = f"text positions cut from {v.shape[0]} to {want[0]}"
         return v[: want[0]]
