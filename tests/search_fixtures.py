@@ -146,28 +146,26 @@ def uca_searcher(uca_index):
     return _once("uca_searcher", lambda: Searcher(uca_index))
 
 
-@pytest.fixture(scope="session")
-def irra_index(tmp_path_factory, gallery, irra_run) -> Path:
-    return _index_once("irra-index", tmp_path_factory, gallery["dir"], irra_run, batch_size=16)
+def _index_and_searcher(method: str, batch_size: int = 16):
+    """Session fixtures `<method>_index` and `<method>_searcher` over the fixture `<method>_run`."""
+
+    @pytest.fixture(scope="session", name=f"{method}_index")
+    def index(tmp_path_factory, gallery, request) -> Path:
+        run = request.getfixturevalue(f"{method}_run")
+        return _index_once(f"{method}-index", tmp_path_factory, gallery["dir"], run, batch_size)
+
+    @pytest.fixture(scope="session", name=f"{method}_searcher")
+    def searcher(request):
+        from tbps.retrieval.searcher import Searcher
+
+        index_dir = request.getfixturevalue(f"{method}_index")
+        return _once(f"{method}_searcher", lambda: Searcher(index_dir))
+
+    return index, searcher
 
 
-@pytest.fixture(scope="session")
-def clip_ft_index(tmp_path_factory, gallery, clip_ft_run) -> Path:
-    return _index_once("clip_ft-index", tmp_path_factory, gallery["dir"], clip_ft_run, batch_size=16)
-
-
-@pytest.fixture(scope="session")
-def irra_searcher(irra_index):
-    from tbps.retrieval.searcher import Searcher
-
-    return _once("irra_searcher", lambda: Searcher(irra_index))
-
-
-@pytest.fixture(scope="session")
-def clip_ft_searcher(clip_ft_index):
-    from tbps.retrieval.searcher import Searcher
-
-    return _once("clip_ft_searcher", lambda: Searcher(clip_ft_index))
+irra_index, irra_searcher = _index_and_searcher("irra")
+clip_ft_index, clip_ft_searcher = _index_and_searcher("clip_ft")
 
 
 def stored_features(index_dir: Path) -> tuple[list[int], list[dict], dict]:
