@@ -40,7 +40,8 @@ def _batch(B=8, L=10, seed=0, flags=True):
     batch = {"images": torch.randn(B, 3, 128, 64, generator=g),
              "tokens": {"ids": ids, "attention_mask": torch.ones(B, L, dtype=torch.bool),
                         "eot_index": torch.full((B,), L - 1)},
-             "pids": torch.arange(B) // 2, "mask_generator": torch.Generator().manual_seed(seed)}
+             "pids": torch.arange(B) // 2, "image_index": torch.arange(B),  # every row its own picture
+             "mask_generator": torch.Generator().manual_seed(seed)}
     if flags:
         f = torch.zeros(B, L, dtype=torch.bool)
         f[: B // 2, 2:5] = True  # half the captions have attribute tokens, half fall back to random masking
@@ -130,6 +131,53 @@ def test_intra_modal_excludes_the_anchors_own_samples():
     anchor0 = multi_positive_nce(moved[:1], moved, labels[:1], labels, 0.1, items[:1], items)
     ref = multi_positive_nce(z[:1], z, labels[:1], labels, 0.1, items[:1], items)
     assert torch.isclose(anchor0, ref)
+
+
+def _intra_calls(m, batch, monkeypatch):
+    """Run the model's forward and return (labels, dropped-pair groups) of its intra-modal PCL calls."""
+    import tbps.methods.uca as uca_module
+    seen = []
+    real = uca_module.multi_positive_nce
+
+    def spy(anchors, candidates, la, lc, tau, ia=None, ic=None):
+        if ia is not None:
+            seen.append((la.clone(), ia.clone()))
+        return real(anchors, candidates, la, lc, tau, ia, ic)
+
+    monkeypatch.setattr(uca_module, "multi_positive_nce", spy)
+    out = m(batch)
+    return out, seen
+
+
+def test_intra_modal_positives_exclude_same_picture_pairs(monkeypatch):
+    """Hand-built batch: id 0 is one picture with 2 captions plus another picture; id 1 two captions of one
+    picture. Under `intra_exclude: image` no intra positive pair shows the same picture; under `item` some do."""
+    k = 3
+    picture = torch.tensor([10, 10, 11, 12, 12, 13, 14, 15])
+    counts, losses = {}, {}
+    for rule in ("image", "item"):
+        batch = _batch(B=8, flags=False) | {"pids": torch.tensor([0, 0, 0, 1, 1, 2, 2, 2]), "image_index": picture}
+        out, calls = _intra_calls(_uca(num_samples=k, intra_exclude=rule, loss_weights={"rec": 0.0}), batch,
+                                  monkeypatch)
+        assert len(calls) == 2  # image-image and text-text
+        labels, groups = calls[0]
+        pos = (labels[:, None] == labels[None, :]) & (groups[:, None] != groups[None, :])
+        same_picture = picture.repeat_interleave(k)[:, None] == picture.repeat_interleave(k)[None, :]
+        counts[rule] = (int((pos & same_picture).sum()), int((pos & ~same_picture).sum()))
+        losses[rule] = out["pcl_intra"]
+    assert counts["image"][0] == 0 and counts["item"][0] == 2 * k * k * 2  # rows 0-1 and 3-4, both orders
+    assert counts["image"][1] == counts["item"][1] > 0  # other pictures of the same id stay positives
+    assert not torch.isclose(losses["image"], losses["item"])
+    # every row its own picture: the two rules agree exactly
+    a = _uca(intra_exclude="image", loss_weights={"rec": 0.0})(_batch(B=8, flags=False))["pcl_intra"]
+    b = _uca(intra_exclude="item", loss_weights={"rec": 0.0})(_batch(B=8, flags=False))["pcl_intra"]
+    assert torch.equal(a, b)
+    plain = _batch(B=8, flags=False)
+    no_index = {k_: v for k_, v in plain.items() if k_ != "image_index"}
+    with pytest.raises(ValueError, match="image_index"):
+        _uca(loss_weights={"rec": 0.0})(no_index)
+    with pytest.raises(ValueError, match="intra_exclude"):
+        _uca(intra_exclude="pid")
 
 
 # ----------------------------------------------------------------------------- the method

@@ -22,10 +22,14 @@ Choices the paper leaves open (each is a config key):
   D = 512, sigma * sqrt(D) ~ 0.25, i.e. samples stay close to the mean at first).
 * PCL is the "supervised contrastive" form: per anchor, the mean over its positives of
   -log softmax; anchors without a positive are skipped. Intra-modal terms drop every pair of
-  samples that come from the same item (the anchor's own K samples): they share the mean, so
-  as positives they would only reward sigma -> 0, and they carry no identity information.
-  Positives are the samples of *other* items of the same identity, which the identity-balanced
-  sampler (`data.instances_per_id`) guarantees.
+  samples that show the same picture (`intra_exclude: image`, the default): the anchor's own K
+  samples, and the rows of the picture's other captions (two augmentations of one photo, or two
+  captions of it): they share (nearly) the mean, so as positives they would only reward
+  sigma -> 0, and they carry no identity information. `intra_exclude: item` drops only the
+  anchor's own samples (the rule before; with 2 captions per image about 11-14% of the
+  image-image positives were then the same picture). Positives are the samples of other
+  pictures of the same identity, which the identity-balanced sampler (`data.instances_per_id`)
+  guarantees.
 * Both directions of DCL and PCL-inter, and both modalities of PCL-intra and KL, are summed
   (the convention of IRRA's SDM).
 * Attribute tokens are masked with probability `attr_mask_prob` = 0.4 (CADA's rate on the same
@@ -85,6 +89,7 @@ DEFAULTS: dict[str, Any] = {
     "uncertainty_bins": 10,
     "ece_bins": 15,
     "terse_max_attributes": 2,  # captions with at most this many attribute words count as terse
+    "intra_exclude": "image",  # image | item: pairs dropped from intra-modal PCL (same picture | same row)
     "loss_weights": {"dcl": 1.0, "pcl_inter": 1.0, "pcl_intra": 0.5, "rec": 1.0, "kl": 1e-4, "id": 0.0},
 }
 
@@ -170,7 +175,8 @@ class UCA(Method):
     def __init__(self, cfg: dict[str, Any], backbone: Backbone, num_classes: int, tokenizer: Any) -> None:
         cfg = {**DEFAULTS, **cfg, "loss_weights": {**DEFAULTS["loss_weights"], **cfg.get("loss_weights", {})}}
         for key, allowed in (("distance", DISTANCES), ("score", SCORES), ("rec_points", ("samples", "mean", "none")),
-                             ("uncertainty", ("mean_var", "trace")), ("calibration", ("top1", "all"))):
+                             ("uncertainty", ("mean_var", "trace")), ("calibration", ("top1", "all")),
+                             ("intra_exclude", ("image", "item"))):
             if cfg[key] not in allowed:
                 raise ValueError(f"uca: {key}={cfg[key]!r}; use one of {allowed}")
         for s in cfg["eval_scores"]:
@@ -263,7 +269,7 @@ class UCA(Method):
                 z_v = sample_points(g_mu_v, g_lv_v, k, g).flatten(0, 1)  # [B*K, D], item-major
                 z_t = sample_points(g_mu_t, g_lv_t, k, g).flatten(0, 1)
                 labels = g_pids.repeat_interleave(k)
-                items = torch.arange(len(g_pids), device=g_pids.device).repeat_interleave(k)
+                items = self._intra_groups(glob, len(g_pids), g_pids.device).repeat_interleave(k)
                 tau = cfg["tau_p"]
                 if w["pcl_inter"]:
                     losses["pcl_inter"] = (multi_positive_nce(z_t, z_v, labels, labels, tau)
@@ -280,6 +286,16 @@ class UCA(Method):
                                            glob["tokens"], rows)
         losses["loss"] = sum(w[k] * v for k, v in losses.items())
         return losses
+
+    def _intra_groups(self, glob: dict[str, Any], n: int, device: torch.device) -> torch.Tensor:
+        """Per row of the global batch, the group whose pairs intra-modal PCL drops: its picture
+        (`intra_exclude: image`, from the batch's `image_index`) or the row itself (`item`)."""
+        if self.cfg["intra_exclude"] == "item":
+            return torch.arange(n, device=device)
+        if "image_index" not in glob:
+            raise ValueError("uca: intra_exclude=image needs the batch's `image_index` (the training collate adds it); "
+                             "set method.intra_exclude=item to drop only the anchor's own samples")
+        return glob["image_index"].to(device)
 
     def mask_caption(self, ids: torch.Tensor, attention_mask: torch.Tensor, flags: torch.Tensor | None,
                      generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
