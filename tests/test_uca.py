@@ -14,7 +14,7 @@ from tbps.data.tokenizers import ClipBpeTokenizer
 from tbps.methods import METHODS, build_method
 from tbps.methods.distributions import (csd_distance, kl_to_standard_normal, paired_distance, pairwise_distance,
                                         sample_points, uncertainty, w2_distance)
-from tbps.methods.uca import VarianceHead, attribute_flags, multi_positive_nce
+from tbps.methods.uca import VarianceHead, attribute_flags, entropy_hinge, multi_positive_nce
 from tbps.models import build_backbone
 
 
@@ -180,6 +180,82 @@ def test_intra_modal_positives_exclude_same_picture_pairs(monkeypatch):
         _uca(intra_exclude="pid")
 
 
+def _var_head_grad(m, term):
+    """Summed |gradient| of one loss term on the two variance heads' parameters."""
+    m.zero_grad()
+    m(_batch())[term].backward()
+    heads = [p for n, p in m.named_parameters() if n.startswith(("image_var.", "text_var."))]
+    return sum(float(p.grad.abs().sum()) for p in heads if p.grad is not None)
+
+
+def test_intra_modal_contrast_can_train_the_means_only():
+    only_intra = {"dcl": 0.0, "pcl_inter": 0.0, "rec": 0.0, "kl": 0.0}
+    assert _var_head_grad(_uca(loss_weights=only_intra), "pcl_intra") > 0
+    means_only = _uca(pcl_intra_means_only=True, loss_weights=only_intra)
+    assert _var_head_grad(means_only, "pcl_intra") == 0.0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in means_only.backbone.parameters())
+    # the same noise as before: the intra loss's value does not change, only where its gradient goes
+    a = _uca(loss_weights={"rec": 0.0})(_batch())
+    b = _uca(pcl_intra_means_only=True, loss_weights={"rec": 0.0})(_batch())
+    assert torch.allclose(a["pcl_intra"], b["pcl_intra"]) and torch.allclose(a["pcl_inter"], b["pcl_inter"])
+    # the variance heads still learn from the other terms
+    assert _var_head_grad(_uca(pcl_intra_means_only=True, loss_weights={"rec": 0.0}), "loss") > 0
+
+
+def test_variance_head_can_see_the_embeddings_length():
+    torch.manual_seed(0)
+    x = torch.randn(4, 64)
+    blind, seeing = VarianceHead(64), VarianceHead(64, sees_length=True)
+    assert torch.allclose(blind(x), blind(3.0 * x), atol=1e-5)  # LayerNorm removes the length
+    assert not torch.allclose(seeing(x), seeing(3.0 * x), atol=1e-5)
+    assert seeing.fc1.in_features == 65 and blind.fc1.in_features == 64
+    pooled = VarianceHead(64, "attn_pool", sees_length=True)
+    tokens = torch.randn(4, 5, 64)
+    assert not torch.allclose(pooled(x, tokens), pooled(3.0 * x, tokens), atol=1e-5)
+    m = _uca(var_sees_length=True)
+    assert m.image_var.sees_length and m.text_var.fc1.in_features == 65
+    m(_batch())["loss"].backward()
+
+
+def test_entropy_hinge_holds_variances_up():
+    floor = -9.0
+    above = torch.full((3, 8), -8.0, requires_grad=True)
+    loss = entropy_hinge(above, floor)
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and float(above.grad.abs().sum()) == 0.0
+    below = torch.tensor([[-10.0] * 8, [-8.0] * 8], requires_grad=True)  # one item below, one above
+    loss = entropy_hinge(below, floor)
+    assert float(loss.detach()) == pytest.approx(0.5 * 8 * 1.0 / 2)  # (H0 - H) of the item below, averaged over 2
+    loss.backward()
+    assert torch.all(below.grad[0] < 0) and torch.all(below.grad[1] == 0)  # descent raises log sigma^2
+    # it is the Gaussian entropy gap: H from torch.distributions
+    lv = torch.randn(2, 8) - 10
+    h = torch.distributions.Normal(torch.zeros(2, 8), (0.5 * lv).exp()).entropy().sum(-1)
+    h0 = torch.distributions.Normal(torch.zeros(8), torch.full((8,), floor / 2).exp()).entropy().sum()
+    assert torch.isclose(entropy_hinge(lv, floor), (h0 - h).clamp_min(0).mean(), atol=1e-4)
+
+
+def test_omre_style_terms_mean_vs_samples_and_entropy():
+    omre = {"pcl_inter": 0.0, "pcl_intra": 0.0, "pcl_mean": 1.0, "entropy": 0.1, "rec": 0.0}
+    m = _uca(num_samples=3, logvar_init=-12.0, loss_weights=omre)
+    out = m(_batch())
+    assert set(out) == {"dcl", "pcl_mean", "kl", "entropy", "loss"}
+    assert float(out["entropy"]) > 0  # initialised below the -9 floor: the hinge pushes variances up
+    assert torch.isclose(out["loss"], out["dcl"] + out["pcl_mean"] + 1e-4 * out["kl"] + 0.1 * out["entropy"])
+    out["loss"].backward()
+    assert m.image_var.fc2.bias.grad.sum() < 0  # gradient descent raises the log-variances
+    # the mean-vs-samples term with zero variance is the mean-vs-mean contrast of K copies
+    from tbps.methods.uca import _mean_vs_samples
+    mu_t, _ = _gaussians(4, seed=1)
+    mu_v, _ = _gaussians(4, seed=2)
+    pids = torch.tensor([0, 0, 1, 2])
+    copies = mu_v.repeat_interleave(3, 0)
+    got = _mean_vs_samples(mu_t, copies, pids, pids.repeat_interleave(3), 0.1)
+    want = 0.5 * (_direct_nce(mu_t, copies, pids, pids.repeat_interleave(3), 0.1)
+                  + _direct_nce(copies, mu_t, pids.repeat_interleave(3), pids, 0.1))
+    assert torch.isclose(got, want, atol=1e-5)
+
+
 # ----------------------------------------------------------------------------- the method
 def test_uca_registered_forward_returns_all_parts():
     assert "uca" in METHODS
@@ -187,9 +263,10 @@ def test_uca_registered_forward_returns_all_parts():
     out = m(_batch())
     assert set(out) == {"dcl", "pcl_inter", "pcl_intra", "rec", "kl", "id", "loss"}
     w = m.cfg["loss_weights"]
-    total = sum(w[k] * out[k] for k in w)
+    total = sum(w[k] * out[k] for k in out if k != "loss")
     assert torch.isclose(out["loss"], total)
-    assert w == {"dcl": 1.0, "pcl_inter": 1.0, "pcl_intra": 0.5, "rec": 1.0, "kl": 1e-4, "id": 1.0}
+    assert w == {"dcl": 1.0, "pcl_inter": 1.0, "pcl_intra": 0.5, "rec": 1.0, "kl": 1e-4, "id": 1.0,
+                 "pcl_mean": 0.0, "entropy": 0.0}
     off = _uca(loss_weights={"rec": 0.0, "pcl_intra": 0.0, "kl": 0.0})
     assert set(off(_batch())) == {"dcl", "pcl_inter", "loss"}
     assert not hasattr(off, "cross_modal") and not hasattr(off, "classifier")
