@@ -4,11 +4,16 @@ Each variant is a config plus overrides. Every (variant, seed) run trains on the
 benchmark's train split, selects its checkpoint on val Rank-1 (never test), and is then
 evaluated once on the test split. Finished runs are skipped, so a killed benchmark resumes
 where it stopped. The table reports mean and standard deviation over seeds.
+
+The results JSON keeps `runs[variant][i]["metrics"][task]["R1"]`; each run also records its
+starting checkpoint as `"init"` (the config's `backbone.pretrained`, null from scratch). Paths
+under the repository are written relative to it, so results files do not name the machine.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -21,7 +26,8 @@ from tbps.engine.trainer import train
 from tbps.utils import atomic_write_json, atomic_write_text, machine_info
 
 ROOT = Path(__file__).resolve().parent
-CONFIG_DIR = ROOT.parent / "src" / "tbps" / "configs"
+REPO = ROOT.parent
+CONFIG_DIR = REPO / "src" / "tbps" / "configs"
 
 DEFAULT_EPOCHS = 4
 Variant = tuple[str, list[str]]  # (config name, overrides)
@@ -83,19 +89,44 @@ def check_same_config(cfg: dict[str, Any], run_dir: Path) -> None:
                          f"delete it or pass another --runs folder")
 
 
+def repo_relative(x: Any) -> Any:
+    """Every absolute path under the repository (alone or as the value of a `key=path` override)
+    rewritten relative to it, recursively through dicts and lists; other values unchanged."""
+    if isinstance(x, dict):
+        return {k: repo_relative(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [repo_relative(v) for v in x]
+    if not isinstance(x, str):
+        return x
+    key, sep, value = x.partition("=") if "=" in x and not x.startswith("/") else ("", "", x)
+    if os.path.isabs(value):
+        root = REPO.resolve()
+        path = Path(value).resolve()
+        if path == root or root in path.parents:
+            return f"{key}{sep}{path.relative_to(root).as_posix() or '.'}"
+    return x
+
+
+def starting_checkpoint(cfg: dict[str, Any]) -> str | None:
+    """The weights a run starts from (`backbone.pretrained`), None from scratch."""
+    init = get(cfg, "backbone.pretrained")
+    return None if init in (None, "") else str(init)
+
+
 def run_one(config: str, overrides: list[str], run_dir: Path, progress: bool) -> dict[str, Any]:
     """Train (unless finished) and evaluate on test; the result is cached in run_dir/test.json."""
     result_file = run_dir / "test.json"
     cfg = load_experiment_config(config, overrides, search_dirs=[CONFIG_DIR])
     check_same_config(cfg, run_dir)
     if result_file.is_file():
-        return json.loads(result_file.read_text())
+        return {**json.loads(result_file.read_text()), "init": starting_checkpoint(cfg)}
     t0 = time.time()
     summary = train(cfg, run_dir, resume=(run_dir / "checkpoints" / "last").exists(), progress=progress)
     train_s = time.time() - t0
     metrics, info = evaluate_run(run_dir, split="test", progress=progress, report_dir=run_dir / "report")
     result = {"metrics": metrics, "best_val_r1": summary.get("best_val_r1"), "best_epoch": summary.get("best_epoch"),
-              "train_seconds": train_s, "pairs_per_s": summary.get("pairs_per_s"), "checkpoint": info["checkpoint"]}
+              "train_seconds": train_s, "pairs_per_s": summary.get("pairs_per_s"), "checkpoint": info["checkpoint"],
+              "init": starting_checkpoint(cfg)}
     atomic_write_json(result_file, result)
     return result
 
@@ -129,13 +160,16 @@ def run_ablation(name: str, variants: dict[str, Variant], args: argparse.Namespa
                 res = run_one(config, [*common, *overrides, f"seed={seed}"], run_dir, not args.quiet)
             elif (run_dir / "test.json").is_file():
                 res = json.loads((run_dir / "test.json").read_text())
+                res["init"] = starting_checkpoint(load_experiment_config(run_dir / "config.yaml"))
             else:
                 continue
             rows.setdefault(variant, []).append(res)
     table = _table(rows, tasks, extra)
-    payload = {"benchmark": name, "machine": machine_info(), "seeds": args.seeds, "common_overrides": common,
-               "variants": {v: {"config": variants[v][0], "overrides": variants[v][1]} for v in chosen},
-               "runs": rows, "note": note}
+    common = repo_relative(common)
+    payload = repo_relative({
+        "benchmark": name, "machine": machine_info(), "seeds": args.seeds, "common_overrides": common,
+        "variants": {v: {"config": variants[v][0], "overrides": variants[v][1]} for v in chosen},
+        "runs": rows, "note": note})
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(f"{args.out}.json"), payload)
     m = payload["machine"]
