@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from fixtures import cli_train_args, render_tiny_benchmark
+from fixtures import cli_train_args, render_tiny_benchmark, write_icfg_fixture
 from tbps.cli import main
 from tbps.data.tokenizers import ClipBpeTokenizer
 from tbps.methods import METHODS, build_method
@@ -402,6 +402,16 @@ def test_extra_report_contents_and_files(tmp_path):
     json.dumps(r, allow_nan=False)  # strict JSON
 
 
+def test_unfitted_calibration_reports_no_ece(tmp_path):
+    m = _uca()
+    t, v, split = _planted_split(q=200)
+    cal = m.extra_report(t, v, split, m.score(t, v), None)["calibration"]
+    assert cal["fitted_on_val"] is False and cal["ece"] is None and "val_from_train" in cal["note"]
+    m.on_validation(t, v, split)
+    cal = m.extra_report(t, v, split, m.score(t, v), None)["calibration"]
+    assert cal["ece"] is not None and "note" not in cal
+
+
 def test_collate_flags_mark_attribute_tokens():
     tok = ClipBpeTokenizer()
     captions = ["A man wearing a blue shirt.", "A person walking."]
@@ -445,3 +455,21 @@ def test_cli_train_and_eval_report_uncertainty(tmp_path, capsys):
     assert set(result["metrics"]) == {"t2i", "t2i-w2", "t2i-csd"}
     assert not math.isnan(result["extra"]["calibration"]["ece"])
     assert (report / "uca_risk_coverage.png").is_file() and (report / "uca_uncertainty.json").is_file()
+
+
+def test_dataset_without_val_split_fits_calibration_on_held_out_train_ids(tmp_path, capsys):
+    """ICFG-PEDES layout (train and test only): unfitted and reported absent by default; with
+    data.val_from_train the calibration is fitted on held-out train identities."""
+    fx = write_icfg_fixture(tmp_path / "icfg", n_ids=14, split_ids={"train": 10, "test": 4}, images_per_id=2,
+                            captions_per_image=2)
+    common = [*SMALL_MODEL, "data.dataset=icfg-pedes", "data.instances_per_id=2", "train.batch_size=8"]
+    for holdout in (0.0, 0.3):
+        run = tmp_path / f"run{holdout}"
+        assert main(cli_train_args("uca_tiny", fx.root, run, [*common, f"data.val_from_train={holdout}"])) == 0
+        weights = load_file(str(run / "checkpoints" / "best" / "model.safetensors"))
+        assert float(weights["calib_fitted"]) == (1.0 if holdout else 0.0)
+        out_json = tmp_path / f"eval{holdout}.json"
+        assert main(["eval", str(run), "--split", "test", "--json", str(out_json), "--quiet"]) == 0
+        cal = json.loads(out_json.read_text())["extra"]["calibration"]
+        assert (cal["ece"] is None) == (not holdout) and cal["fitted_on_val"] == bool(holdout)
+    capsys.readouterr()

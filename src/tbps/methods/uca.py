@@ -56,7 +56,8 @@ Choices the paper leaves open (each is a config key):
   image, fitted by logistic regression on the validation split's (d of the top-1, correct?) pairs
   (`calibration: top1`, the population whose confidence we report) or on all query-image pairs
   (`calibration: all`, subsampled to at most `calib_max_pairs`). a and b are buffers, so they
-  are saved with the weights.
+  are saved with the weights. Without a validation split it is never fitted and the report's ECE
+  is null, with a note (`data.val_from_train` holds one out of train).
 """
 from __future__ import annotations
 
@@ -110,6 +111,8 @@ DEFAULTS: dict[str, Any] = {
 }
 
 SCORES = ("cosine",) + DISTANCES
+UNFITTED_NOTE = ("calibration not fitted: the run had no validation split (ICFG-PEDES); "
+                 "data.val_from_train holds out train identities to fit it on")
 
 
 class VarianceHead(nn.Module):
@@ -492,6 +495,7 @@ class UCA(Method):
         at = {f"{x:.1f}": float(accuracy[max(0, int(round(x * len(c))) - 1)] * 100) for x in levels} if len(c) else {}
         prob = self.match_probability(d).numpy()
         ece = unc.expected_calibration_error(prob, c, int(cfg["ece_bins"]))
+        fitted = bool(float(self.calib_fitted) > 0)
         n_attr = torch.tensor([len(find_attribute_words(s)) for s in split.captions])
         terse = (n_attr <= int(cfg["terse_max_attributes"])).numpy()
 
@@ -510,10 +514,13 @@ class UCA(Method):
                                     "min": float(u_g.min()), "max": float(u_g.max())},
             "rank1_by_uncertainty_bin": bins,
             "risk_coverage": {**unc.aurc(u_q, c), "rank1_at_coverage": at},
+            # unfitted (no validation split): the probabilities are sigmoid(-d / tau_d), their ECE meaningless
             "calibration": {"distance": cfg["distance"], "pairs": cfg["calibration"],
                             "a": float(self.calib_a), "b": float(self.calib_b),
-                            "fitted_on_val": bool(self.calib_fitted), "ece": ece["ece"],
-                            "mean_top1_probability": float(prob.mean()), "top1_accuracy": float(c.mean())},
+                            "fitted_on_val": fitted, "ece": ece["ece"] if fitted else None,
+                            "mean_top1_probability": float(prob.mean()) if fitted else None,
+                            "top1_accuracy": float(c.mean()),
+                            **({} if fitted else {"note": UNFITTED_NOTE})},
             "terse_vs_detailed": {"terse_max_attributes": int(cfg["terse_max_attributes"]),
                                   "terse": group(terse), "detailed": group(~terse)},
         }
