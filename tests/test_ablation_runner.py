@@ -114,3 +114,28 @@ def test_new_uca_variants_load_strictly(variant: str) -> None:
         assert cfg["method"]["num_samples"] == 3
     if variant == "uca_full_intra_means_only":
         assert cfg["method"]["pcl_intra_means_only"] is True
+
+
+def test_report_only_rewrites_stored_results_without_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ablate_uca
+
+    monkeypatch.setattr(_ablation, "run_one", lambda *a, **k: pytest.fail("--report-only must train nothing"))
+    monkeypatch.setattr(_ablation, "ensure_data", lambda root: pytest.fail("--report-only needs no data"))
+    other = "/elsewhere/checkout"  # the repository that ran them, as an old results file names it
+    run = {"metrics": {"t2i": {"R1": 10.0, "mAP": 12.0}, "extra": _uca_extra(-0.6, 0.9, 0.25)},
+           "train_seconds": 120.0, "checkpoint": f"{other}/benchmarks/runs/ablations-e4/uca_full/seed0/checkpoints/best"}
+    stored = {"benchmark": "ablate_uca", "machine": {"cpu": "AMD EPYC", "torch": "2.13.0"}, "seeds": 1,
+              "common_overrides": [f"data.root={other}/benchmarks/data/synth-small", "train.epochs=4"],
+              "variants": {}, "runs": {"uca_full": [run]}, "note": ""}
+    out = tmp_path / "results" / "ablate_uca"
+    out.parent.mkdir()
+    Path(f"{out}.json").write_text(json.dumps(stored))
+    args = _args(tmp_path, seeds=1, out=str(out), report_only=True)
+    _ablation.run_ablation("ablate_uca", ablate_uca.VARIANTS, args, tasks=["t2i"], extra=ablate_uca.uncertainty_columns)
+    payload = json.loads(Path(f"{out}.json").read_text())
+    assert payload["common_overrides"] == ["data.root=benchmarks/data/synth-small", "train.epochs=4"]
+    r = payload["runs"]["uca_full"][0]
+    assert r["checkpoint"] == "benchmarks/runs/ablations-e4/uca_full/seed0/checkpoints/best" and r["init"] is None
+    assert r["metrics"]["t2i"]["R1"] == 10.0 and payload["machine"]["cpu"] == "AMD EPYC"  # the machine that ran them
+    md = Path(f"{out}.md").read_text()
+    assert "| uca_full | 1 | 10.00 | 12.00 | 0.25 | -0.60 |" in md and other not in md
