@@ -4,11 +4,16 @@ Each variant is a config plus overrides. Every (variant, seed) run trains on the
 benchmark's train split, selects its checkpoint on val Rank-1 (never test), and is then
 evaluated once on the test split. Finished runs are skipped, so a killed benchmark resumes
 where it stopped. The table reports mean and standard deviation over seeds.
+
+The results JSON keeps `runs[variant][i]["metrics"][task]["R1"]`; each run also records its
+starting checkpoint as `"init"` (the config's `backbone.pretrained`, null from scratch). Paths
+under the repository are written relative to it, so results files do not name the machine.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -21,7 +26,8 @@ from tbps.engine.trainer import train
 from tbps.utils import atomic_write_json, atomic_write_text, machine_info
 
 ROOT = Path(__file__).resolve().parent
-CONFIG_DIR = ROOT.parent / "src" / "tbps" / "configs"
+REPO = ROOT.parent
+CONFIG_DIR = REPO / "src" / "tbps" / "configs"
 
 DEFAULT_EPOCHS = 4
 Variant = tuple[str, list[str]]  # (config name, overrides)
@@ -45,6 +51,9 @@ def parse_args(name: str, default_seeds: int = 3) -> argparse.Namespace:
                                   "epochs, shared by both ablations so `irra` trains once)")
     p.add_argument("--out", default=str(ROOT / "results" / name), help="results path without extension")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: rewrite <out>.md and <out>.json from the runs stored in <out>.json (today's "
+                        "table columns, repo-relative paths, each run's init)")
     args = p.parse_args()
     if args.runs is None:
         args.runs = str(ROOT / "runs" / f"ablations-e{args.epochs or 'cfg'}")
@@ -83,19 +92,44 @@ def check_same_config(cfg: dict[str, Any], run_dir: Path) -> None:
                          f"delete it or pass another --runs folder")
 
 
+def repo_relative(x: Any, root: str | Path | None = None) -> Any:
+    """Every absolute path under the repository `root` (default: this one), alone or as the value
+    of a `key=path` override, rewritten relative to it, recursively through dicts and lists."""
+    if isinstance(x, dict):
+        return {k: repo_relative(v, root) for k, v in x.items()}
+    if isinstance(x, list):
+        return [repo_relative(v, root) for v in x]
+    if not isinstance(x, str):
+        return x
+    key, sep, value = x.partition("=") if "=" in x and not x.startswith("/") else ("", "", x)
+    if os.path.isabs(value):
+        base = Path(os.path.abspath(root or REPO))
+        path = Path(os.path.abspath(value))
+        if path == base or base in path.parents:
+            return f"{key}{sep}{path.relative_to(base).as_posix() or '.'}"
+    return x
+
+
+def starting_checkpoint(cfg: dict[str, Any]) -> str | None:
+    """The weights a run starts from (`backbone.pretrained`), None from scratch."""
+    init = get(cfg, "backbone.pretrained")
+    return None if init in (None, "") else str(init)
+
+
 def run_one(config: str, overrides: list[str], run_dir: Path, progress: bool) -> dict[str, Any]:
     """Train (unless finished) and evaluate on test; the result is cached in run_dir/test.json."""
     result_file = run_dir / "test.json"
     cfg = load_experiment_config(config, overrides, search_dirs=[CONFIG_DIR])
     check_same_config(cfg, run_dir)
     if result_file.is_file():
-        return json.loads(result_file.read_text())
+        return {**json.loads(result_file.read_text()), "init": starting_checkpoint(cfg)}
     t0 = time.time()
     summary = train(cfg, run_dir, resume=(run_dir / "checkpoints" / "last").exists(), progress=progress)
     train_s = time.time() - t0
     metrics, info = evaluate_run(run_dir, split="test", progress=progress, report_dir=run_dir / "report")
     result = {"metrics": metrics, "best_val_r1": summary.get("best_val_r1"), "best_epoch": summary.get("best_epoch"),
-              "train_seconds": train_s, "pairs_per_s": summary.get("pairs_per_s"), "checkpoint": info["checkpoint"]}
+              "train_seconds": train_s, "pairs_per_s": summary.get("pairs_per_s"), "checkpoint": info["checkpoint"],
+              "init": starting_checkpoint(cfg)}
     atomic_write_json(result_file, result)
     return result
 
@@ -112,11 +146,13 @@ def _mean_std(xs: list[float]) -> str:
 def run_ablation(name: str, variants: dict[str, Variant], args: argparse.Namespace,
                  tasks: list[str], extra: Extra | None = None, note: str = "") -> dict[str, Any]:
     """Run every selected variant x seed, then write `<out>.md` and `<out>.json`."""
-    ensure_data(args.data_root)
     chosen = args.variants or list(variants)
     unknown = [v for v in chosen if v not in variants]
     if unknown:
         raise SystemExit(f"unknown variant(s) {unknown}; known: {list(variants)}")
+    if getattr(args, "report_only", False):
+        return _rewrite_stored(name, variants, chosen, args, tasks, extra, note)
+    ensure_data(args.data_root)
     common = [f"data.root={args.data_root}", *args.set] + ([f"train.epochs={args.epochs}"] if args.epochs else [])
     rows: dict[str, list[dict[str, Any]]] = {}
     train_seeds = range(args.seeds) if args.train_seeds is None else args.train_seeds
@@ -129,20 +165,48 @@ def run_ablation(name: str, variants: dict[str, Variant], args: argparse.Namespa
                 res = run_one(config, [*common, *overrides, f"seed={seed}"], run_dir, not args.quiet)
             elif (run_dir / "test.json").is_file():
                 res = json.loads((run_dir / "test.json").read_text())
+                res["init"] = starting_checkpoint(load_experiment_config(run_dir / "config.yaml"))
             else:
                 continue
             rows.setdefault(variant, []).append(res)
-    table = _table(rows, tasks, extra)
-    payload = {"benchmark": name, "machine": machine_info(), "seeds": args.seeds, "common_overrides": common,
-               "variants": {v: {"config": variants[v][0], "overrides": variants[v][1]} for v in chosen},
-               "runs": rows, "note": note}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(Path(f"{args.out}.json"), payload)
-    m = payload["machine"]
+    payload = repo_relative({
+        "benchmark": name, "machine": machine_info(), "seeds": args.seeds, "common_overrides": common,
+        "variants": {v: {"config": variants[v][0], "overrides": variants[v][1]} for v in chosen},
+        "runs": rows, "note": note})
+    return _write_results(payload, args.out, tasks, extra)
+
+
+def _rewrite_stored(name: str, variants: dict[str, Variant], chosen: list[str], args: argparse.Namespace,
+                    tasks: list[str], extra: Extra | None, note: str) -> dict[str, Any]:
+    """`--report-only`: the stored results file in today's form, nothing trained. Paths are made
+    relative to the repository that ran them (the folder above its `benchmarks/`)."""
+    stored_file = Path(f"{args.out}.json")
+    if not stored_file.is_file():
+        raise SystemExit(f"--report-only: no stored results at {stored_file}")
+    stored = json.loads(stored_file.read_text())
+    data_root = next((o.partition("=")[2] for o in stored.get("common_overrides", []) if o.startswith("data.root=")), "")
+    root = data_root.split("/benchmarks/")[0] if "/benchmarks/" in data_root else None
+    rows = {v: rs for v, rs in stored["runs"].items() if v in chosen}
+    for v, rs in rows.items():
+        init = starting_checkpoint(load_experiment_config(variants[v][0], variants[v][1], search_dirs=[CONFIG_DIR]))
+        for r in rs:
+            r.setdefault("init", init)
+    payload = repo_relative({**stored, "benchmark": name, "note": note or stored.get("note", ""), "runs": rows,
+                             "variants": {v: {"config": variants[v][0], "overrides": variants[v][1]} for v in rows}},
+                            root)
+    return _write_results(payload, args.out, tasks, extra)
+
+
+def _write_results(payload: dict[str, Any], out: str, tasks: list[str], extra: Extra | None) -> dict[str, Any]:
+    """`<out>.json` (the payload) and `<out>.md` (machine, seeds, overrides and the table)."""
+    table = _table(payload["runs"], tasks, extra)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(Path(f"{out}.json"), payload)
+    m, seeds = payload["machine"], payload["seeds"]
     device = m.get("gpu") or f"CPU ({m.get('cpu', '?')}, {m.get('cpu_usable', '?')} cores, {m.get('torch_threads')} threads)"
-    header = (f"# {name}\n\nMachine: {device}, torch {m.get('torch', '?')}, {m.get('memory_gb')} GB RAM. "
-              f"Seeds 0..{args.seeds - 1} (the seeds column counts the finished ones). Test split; each run's checkpoint chosen on val Rank-1.\nCommon overrides: `{' '.join(common)}`\n\n{note}\n\n")
-    atomic_write_text(Path(f"{args.out}.md"), header + table + "\n")
+    header = (f"# {payload['benchmark']}\n\nMachine: {device}, torch {m.get('torch', '?')}, {m.get('memory_gb')} GB RAM. "
+              f"Seeds 0..{seeds - 1} (the seeds column counts the finished ones). Test split; each run's checkpoint chosen on val Rank-1.\nCommon overrides: `{' '.join(payload['common_overrides'])}`\n\n{payload['note']}\n\n")
+    atomic_write_text(Path(f"{out}.md"), header + table + "\n")
     print(table)
     return payload
 

@@ -56,7 +56,7 @@ if __name__ == "__main__":
                       "`cada_global` trains no matching head, so its re-ranked column re-scores with an "
                       "untrained head and is reported only for completeness.")
     full = Path(args.runs) / "cada_full" / "seed0"
-    if (full / "test.json").is_file():
+    if not args.report_only and (full / "test.json").is_file():
         speed = rerank_speed(full)
         print(f"re-ranking top-{speed['k']}: {speed['queries_per_s']:.1f} queries/s "
               f"({speed['queries']} queries, {speed['gallery']} images, {speed['threads']} threads)")

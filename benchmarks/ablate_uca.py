@@ -1,11 +1,12 @@
 """UCA ablation on the embedded benchmark: IRRA baseline, then UCA's parts added one at a time.
 
-    python benchmarks/ablate_uca.py                  # 6 paper-step variants + 1 probe, x 3 seeds, 4 epochs, resumable
+    python benchmarks/ablate_uca.py                  # 6 paper-step variants + 5 probes, x 3 seeds, 4 epochs, resumable
     python benchmarks/ablate_uca.py --seeds 1 --variants irra uca_full
 
 Writes benchmarks/results/ablate_uca.{md,json}: test Rank-1 and mAP (mean ± std over seeds) and
 the Spearman correlation between query-uncertainty bin and Rank-1 (strongly negative = the
-uncertainty predicts errors), plus terse vs detailed captions' mean uncertainty.
+uncertainty predicts errors), terse vs detailed captions' mean uncertainty, and the excess AURC
+(AURC minus the oracle's at the same accuracy: at 6-16% Rank-1 raw AURC is mostly 1 - accuracy).
 """
 from __future__ import annotations
 
@@ -24,6 +25,17 @@ VARIANTS = {
     # Not one of the paper's steps: full UCA with a 5x lower intra-modal point-contrast weight, the
     # term that flips the uncertainty's sign at the default 0.5 (README, "Ablations").
     "uca_full_intra0.1": ("uca_tiny", ["method.loss_weights.pcl_intra=0.1"]),
+    # Leads on why the sign flips (issue 12), not paper steps. The old intra-modal rule, which kept
+    # pairs of rows showing the same picture as positives (the grid before `intra_exclude: image`):
+    "uca_full_intra_by_item": ("uca_tiny", ["method.intra_exclude=item"]),
+    # intra-modal point contrast trains the means only; the variances learn from DCL, PCL-inter, KL:
+    "uca_full_intra_means_only": ("uca_tiny", ["method.pcl_intra_means_only=true"]),
+    # the variance head also reads the embedding's length:
+    "uca_full_var_length": ("uca_tiny", ["method.var_sees_length=true"]),
+    # OMRE-style (Yifei-AHU/OMRE): no point-to-point contrast; means against the other side's K = 3
+    # samples; variances held up by a one-sided hinge on the Gaussian entropy (weight 0.1):
+    "uca_omre": ("uca_tiny", [OFF.format("pcl_inter"), OFF.format("pcl_intra"), "method.num_samples=3",
+                              "method.loss_weights.pcl_mean=1.0", "method.loss_weights.entropy=0.1"]),
 }
 
 
@@ -35,7 +47,7 @@ def uncertainty_columns(metrics: dict[str, Any]) -> dict[str, float]:
     return {"spearman": extra["rank1_by_uncertainty_bin"]["spearman"],
             "u terse": tvd["terse"]["mean_uncertainty"] or float("nan"),
             "u detailed": tvd["detailed"]["mean_uncertainty"] or float("nan"),
-            "AURC": extra["risk_coverage"]["aurc"]}
+            "e-AURC": extra["risk_coverage"]["e_aurc"]}
 
 
 if __name__ == "__main__":

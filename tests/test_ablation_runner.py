@@ -19,11 +19,15 @@ def _args(tmp: Path, **kw) -> argparse.Namespace:
     return argparse.Namespace(**{**base, **kw})
 
 
-def _fake_finished_run(tmp: Path, epochs: int, seed: int, r1: float) -> None:
-    run = tmp / "runs" / "irra" / f"seed{seed}"
-    cfg = load_experiment_config("irra_tiny", [f"data.root={tmp / 'data'}", f"train.epochs={epochs}", f"seed={seed}"])
+def _fake_finished_run(tmp: Path, epochs: int, seed: int, r1: float, variant: str = "irra", config: str = "irra_tiny",
+                       overrides: tuple[str, ...] = (), extra: dict | None = None) -> None:
+    run = tmp / "runs" / variant / f"seed{seed}"
+    cfg = load_experiment_config(config, [f"data.root={tmp / 'data'}", f"train.epochs={epochs}", *overrides,
+                                          f"seed={seed}"])
     save_config(cfg, run / "config.yaml")
-    (run / "test.json").write_text(json.dumps({"metrics": {"t2i": {"R1": r1, "mAP": r1 + 2}}, "train_seconds": 60.0}))
+    metrics = {"t2i": {"R1": r1, "mAP": r1 + 2}, **({"extra": extra} if extra else {})}
+    (run / "test.json").write_text(json.dumps({"metrics": metrics, "train_seconds": 60.0,
+                                               "checkpoint": str(run / "checkpoints" / "best")}))
 
 
 def test_table_from_cached_runs_and_config_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -45,3 +49,93 @@ def test_table_from_cached_runs_and_config_check(tmp_path: Path, monkeypatch: py
     # The same runs folder asked for another schedule: refused, naming the key, not silently reused.
     with pytest.raises(SystemExit, match=r"train\.epochs: 4 -> 6"):
         _ablation.run_ablation("abl", variants, _args(tmp_path, epochs=6), tasks=["t2i"])
+
+
+def _uca_extra(spearman: float, aurc: float, e_aurc: float) -> dict:
+    return {"rank1_by_uncertainty_bin": {"spearman": spearman},
+            "terse_vs_detailed": {"terse": {"mean_uncertainty": 2e-4}, "detailed": {"mean_uncertainty": 1e-4}},
+            "risk_coverage": {"aurc": aurc, "oracle": aurc - e_aurc, "e_aurc": e_aurc},
+            "files": ["/elsewhere/uca_risk_coverage.png"]}
+
+
+def test_uca_table_reports_excess_aurc_relative_paths_and_init(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    import ablate_uca
+
+    monkeypatch.setattr(_ablation, "ensure_data", lambda root: None)
+    monkeypatch.setattr(_ablation, "REPO", tmp_path)  # the "repository" the results are written relative to
+    overrides = ablate_uca.VARIANTS["uca_full_intra_means_only"][1]
+    _fake_finished_run(tmp_path, 4, 0, 12.0, "uca_full_intra_means_only", "uca_tiny", tuple(overrides),
+                       _uca_extra(-0.5, 0.90, 0.10))
+    _fake_finished_run(tmp_path, 4, 1, 14.0, "uca_full_intra_means_only", "uca_tiny", tuple(overrides),
+                       _uca_extra(-0.3, 0.86, 0.20))
+    variants = {"uca_full_intra_means_only": ablate_uca.VARIANTS["uca_full_intra_means_only"]}
+    _ablation.run_ablation("abl", variants, _args(tmp_path), tasks=["t2i"], extra=ablate_uca.uncertainty_columns)
+
+    md = (tmp_path / "results" / "abl.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| variant"))
+    assert "e-AURC" in header and "| AURC" not in header
+    assert "0.15 ± 0.07" in md and "0.88" not in md  # excess AURC (0.10, 0.20), not raw AURC (0.90, 0.86)
+    assert "-0.40 ± 0.14" in md  # Spearman
+    assert "data.root=data" in md and str(tmp_path) not in md
+    payload = json.loads((tmp_path / "results" / "abl.json").read_text())
+    assert payload["common_overrides"][0] == "data.root=data"
+    assert str(tmp_path) not in json.dumps(payload)  # every path under the repository is relative
+    run = payload["runs"]["uca_full_intra_means_only"][0]
+    assert run["init"] is None  # trained from scratch
+    assert run["checkpoint"] == "runs/uca_full_intra_means_only/seed0/checkpoints/best"
+    assert run["metrics"]["t2i"]["R1"] == 12.0
+    assert run["metrics"]["extra"]["rank1_by_uncertainty_bin"]["spearman"] == -0.5
+    assert run["metrics"]["extra"]["files"] == ["/elsewhere/uca_risk_coverage.png"]  # outside: left as it is
+
+
+def test_init_records_the_starting_checkpoint_relative_to_the_repository(monkeypatch: pytest.MonkeyPatch,
+                                                                         tmp_path: Path) -> None:
+    monkeypatch.setattr(_ablation, "REPO", tmp_path)
+    cfg = load_experiment_config("irra_tiny", [f"backbone.pretrained={tmp_path / 'foundation' / 'clip.safetensors'}"])
+    assert _ablation.repo_relative({"init": _ablation.starting_checkpoint(cfg)}) == {
+        "init": "foundation/clip.safetensors"}
+    assert _ablation.starting_checkpoint(load_experiment_config("irra_tiny")) is None
+    assert _ablation.repo_relative(["x=1", "/abs/elsewhere", "pretrained/ViT-B-16.pt", 3]) == [
+        "x=1", "/abs/elsewhere", "pretrained/ViT-B-16.pt", 3]
+
+
+@pytest.mark.parametrize("variant", ["uca_full_intra_by_item", "uca_full_intra_means_only", "uca_full_var_length",
+                                     "uca_omre"])
+def test_new_uca_variants_load_strictly(variant: str) -> None:
+    import ablate_uca
+
+    config, overrides = ablate_uca.VARIANTS[variant]
+    cfg = load_experiment_config(config, overrides)  # strict: an undeclared key would be refused
+    assert cfg["method"]["name"] == "uca"
+    if variant == "uca_omre":
+        w = cfg["method"]["loss_weights"]
+        assert (w["pcl_inter"], w["pcl_intra"], w["pcl_mean"], w["entropy"]) == (0, 0, 1.0, 0.1)
+        assert cfg["method"]["num_samples"] == 3
+    if variant == "uca_full_intra_means_only":
+        assert cfg["method"]["pcl_intra_means_only"] is True
+
+
+def test_report_only_rewrites_stored_results_without_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ablate_uca
+
+    monkeypatch.setattr(_ablation, "run_one", lambda *a, **k: pytest.fail("--report-only must train nothing"))
+    monkeypatch.setattr(_ablation, "ensure_data", lambda root: pytest.fail("--report-only needs no data"))
+    other = "/elsewhere/checkout"  # the repository that ran them, as an old results file names it
+    run = {"metrics": {"t2i": {"R1": 10.0, "mAP": 12.0}, "extra": _uca_extra(-0.6, 0.9, 0.25)},
+           "train_seconds": 120.0, "checkpoint": f"{other}/benchmarks/runs/ablations-e4/uca_full/seed0/checkpoints/best"}
+    stored = {"benchmark": "ablate_uca", "machine": {"cpu": "AMD EPYC", "torch": "2.13.0"}, "seeds": 1,
+              "common_overrides": [f"data.root={other}/benchmarks/data/synth-small", "train.epochs=4"],
+              "variants": {}, "runs": {"uca_full": [run]}, "note": ""}
+    out = tmp_path / "results" / "ablate_uca"
+    out.parent.mkdir()
+    Path(f"{out}.json").write_text(json.dumps(stored))
+    args = _args(tmp_path, seeds=1, out=str(out), report_only=True)
+    _ablation.run_ablation("ablate_uca", ablate_uca.VARIANTS, args, tasks=["t2i"], extra=ablate_uca.uncertainty_columns)
+    payload = json.loads(Path(f"{out}.json").read_text())
+    assert payload["common_overrides"] == ["data.root=benchmarks/data/synth-small", "train.epochs=4"]
+    r = payload["runs"]["uca_full"][0]
+    assert r["checkpoint"] == "benchmarks/runs/ablations-e4/uca_full/seed0/checkpoints/best" and r["init"] is None
+    assert r["metrics"]["t2i"]["R1"] == 10.0 and payload["machine"]["cpu"] == "AMD EPYC"  # the machine that ran them
+    md = Path(f"{out}.md").read_text()
+    assert "| uca_full | 1 | 10.00 | 12.00 | 0.25 | -0.60 |" in md and other not in md

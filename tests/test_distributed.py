@@ -109,6 +109,7 @@ def test_collate_keeps_local_rows_and_the_global_view():
     assert g["tokens"]["ids"].shape == (6, 8)  # trimmed to the global batch's longest caption
     assert torch.equal(batch["tokens"]["ids"], g["tokens"]["ids"][2:4])
     assert torch.equal(batch["flags"], g["flags"][2:4])
+    assert g["image_index"].tolist() == list(range(6)) and batch["image_index"].tolist() == [2, 3]
     full = collate([{**it, "image": torch.zeros(3, 2, 2)} for it in items])
     assert "shard" not in full and torch.equal(full["tokens"]["ids"], g["tokens"]["ids"])
     assert isinstance(TrainItem(1, 2), tuple) and TrainItem(1, 2).load_image

@@ -8,13 +8,13 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from fixtures import cli_train_args, render_tiny_benchmark
+from fixtures import cli_train_args, render_tiny_benchmark, write_icfg_fixture
 from tbps.cli import main
 from tbps.data.tokenizers import ClipBpeTokenizer
 from tbps.methods import METHODS, build_method
 from tbps.methods.distributions import (csd_distance, kl_to_standard_normal, paired_distance, pairwise_distance,
                                         sample_points, uncertainty, w2_distance)
-from tbps.methods.uca import VarianceHead, attribute_flags, multi_positive_nce
+from tbps.methods.uca import VarianceHead, attribute_flags, entropy_hinge, multi_positive_nce
 from tbps.models import build_backbone
 
 
@@ -40,7 +40,8 @@ def _batch(B=8, L=10, seed=0, flags=True):
     batch = {"images": torch.randn(B, 3, 128, 64, generator=g),
              "tokens": {"ids": ids, "attention_mask": torch.ones(B, L, dtype=torch.bool),
                         "eot_index": torch.full((B,), L - 1)},
-             "pids": torch.arange(B) // 2, "mask_generator": torch.Generator().manual_seed(seed)}
+             "pids": torch.arange(B) // 2, "image_index": torch.arange(B),  # every row its own picture
+             "mask_generator": torch.Generator().manual_seed(seed)}
     if flags:
         f = torch.zeros(B, L, dtype=torch.bool)
         f[: B // 2, 2:5] = True  # half the captions have attribute tokens, half fall back to random masking
@@ -132,6 +133,129 @@ def test_intra_modal_excludes_the_anchors_own_samples():
     assert torch.isclose(anchor0, ref)
 
 
+def _intra_calls(m, batch, monkeypatch):
+    """Run the model's forward and return (labels, dropped-pair groups) of its intra-modal PCL calls."""
+    import tbps.methods.uca as uca_module
+    seen = []
+    real = uca_module.multi_positive_nce
+
+    def spy(anchors, candidates, la, lc, tau, ia=None, ic=None):
+        if ia is not None:
+            seen.append((la.clone(), ia.clone()))
+        return real(anchors, candidates, la, lc, tau, ia, ic)
+
+    monkeypatch.setattr(uca_module, "multi_positive_nce", spy)
+    out = m(batch)
+    return out, seen
+
+
+def test_intra_modal_positives_exclude_same_picture_pairs(monkeypatch):
+    """Hand-built batch: id 0 is one picture with 2 captions plus another picture; id 1 two captions of one
+    picture. Under `intra_exclude: image` no intra positive pair shows the same picture; under `item` some do."""
+    k = 3
+    picture = torch.tensor([10, 10, 11, 12, 12, 13, 14, 15])
+    counts, losses = {}, {}
+    for rule in ("image", "item"):
+        batch = _batch(B=8, flags=False) | {"pids": torch.tensor([0, 0, 0, 1, 1, 2, 2, 2]), "image_index": picture}
+        out, calls = _intra_calls(_uca(num_samples=k, intra_exclude=rule, loss_weights={"rec": 0.0}), batch,
+                                  monkeypatch)
+        assert len(calls) == 2  # image-image and text-text
+        labels, groups = calls[0]
+        pos = (labels[:, None] == labels[None, :]) & (groups[:, None] != groups[None, :])
+        same_picture = picture.repeat_interleave(k)[:, None] == picture.repeat_interleave(k)[None, :]
+        counts[rule] = (int((pos & same_picture).sum()), int((pos & ~same_picture).sum()))
+        losses[rule] = out["pcl_intra"]
+    assert counts["image"][0] == 0 and counts["item"][0] == 2 * k * k * 2  # rows 0-1 and 3-4, both orders
+    assert counts["image"][1] == counts["item"][1] > 0  # other pictures of the same id stay positives
+    assert not torch.isclose(losses["image"], losses["item"])
+    # every row its own picture: the two rules agree exactly
+    a = _uca(intra_exclude="image", loss_weights={"rec": 0.0})(_batch(B=8, flags=False))["pcl_intra"]
+    b = _uca(intra_exclude="item", loss_weights={"rec": 0.0})(_batch(B=8, flags=False))["pcl_intra"]
+    assert torch.equal(a, b)
+    plain = _batch(B=8, flags=False)
+    no_index = {k_: v for k_, v in plain.items() if k_ != "image_index"}
+    with pytest.raises(ValueError, match="image_index"):
+        _uca(loss_weights={"rec": 0.0})(no_index)
+    with pytest.raises(ValueError, match="intra_exclude"):
+        _uca(intra_exclude="pid")
+
+
+def _var_head_grad(m, term):
+    """Summed |gradient| of one loss term on the two variance heads' parameters."""
+    m.zero_grad()
+    m(_batch())[term].backward()
+    heads = [p for n, p in m.named_parameters() if n.startswith(("image_var.", "text_var."))]
+    return sum(float(p.grad.abs().sum()) for p in heads if p.grad is not None)
+
+
+def test_intra_modal_contrast_can_train_the_means_only():
+    only_intra = {"dcl": 0.0, "pcl_inter": 0.0, "rec": 0.0, "kl": 0.0}
+    assert _var_head_grad(_uca(loss_weights=only_intra), "pcl_intra") > 0
+    means_only = _uca(pcl_intra_means_only=True, loss_weights=only_intra)
+    assert _var_head_grad(means_only, "pcl_intra") == 0.0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in means_only.backbone.parameters())
+    # the same noise as before: the intra loss's value does not change, only where its gradient goes
+    a = _uca(loss_weights={"rec": 0.0})(_batch())
+    b = _uca(pcl_intra_means_only=True, loss_weights={"rec": 0.0})(_batch())
+    assert torch.allclose(a["pcl_intra"], b["pcl_intra"]) and torch.allclose(a["pcl_inter"], b["pcl_inter"])
+    # the variance heads still learn from the other terms
+    assert _var_head_grad(_uca(pcl_intra_means_only=True, loss_weights={"rec": 0.0}), "loss") > 0
+
+
+def test_variance_head_can_see_the_embeddings_length():
+    torch.manual_seed(0)
+    x = torch.randn(4, 64)
+    blind, seeing = VarianceHead(64), VarianceHead(64, sees_length=True)
+    assert torch.allclose(blind(x), blind(3.0 * x), atol=1e-5)  # LayerNorm removes the length
+    assert not torch.allclose(seeing(x), seeing(3.0 * x), atol=1e-5)
+    assert seeing.fc1.in_features == 65 and blind.fc1.in_features == 64
+    pooled = VarianceHead(64, "attn_pool", sees_length=True)
+    tokens = torch.randn(4, 5, 64)
+    assert not torch.allclose(pooled(x, tokens), pooled(3.0 * x, tokens), atol=1e-5)
+    m = _uca(var_sees_length=True)
+    assert m.image_var.sees_length and m.text_var.fc1.in_features == 65
+    m(_batch())["loss"].backward()
+
+
+def test_entropy_hinge_holds_variances_up():
+    floor = -9.0
+    above = torch.full((3, 8), -8.0, requires_grad=True)
+    loss = entropy_hinge(above, floor)
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and float(above.grad.abs().sum()) == 0.0
+    below = torch.tensor([[-10.0] * 8, [-8.0] * 8], requires_grad=True)  # one item below, one above
+    loss = entropy_hinge(below, floor)
+    assert float(loss.detach()) == pytest.approx(0.5 * 8 * 1.0 / 2)  # (H0 - H) of the item below, averaged over 2
+    loss.backward()
+    assert torch.all(below.grad[0] < 0) and torch.all(below.grad[1] == 0)  # descent raises log sigma^2
+    # it is the Gaussian entropy gap: H from torch.distributions
+    lv = torch.randn(2, 8) - 10
+    h = torch.distributions.Normal(torch.zeros(2, 8), (0.5 * lv).exp()).entropy().sum(-1)
+    h0 = torch.distributions.Normal(torch.zeros(8), torch.full((8,), floor / 2).exp()).entropy().sum()
+    assert torch.isclose(entropy_hinge(lv, floor), (h0 - h).clamp_min(0).mean(), atol=1e-4)
+
+
+def test_omre_style_terms_mean_vs_samples_and_entropy():
+    omre = {"pcl_inter": 0.0, "pcl_intra": 0.0, "pcl_mean": 1.0, "entropy": 0.1, "rec": 0.0}
+    m = _uca(num_samples=3, logvar_init=-12.0, loss_weights=omre)
+    out = m(_batch())
+    assert set(out) == {"dcl", "pcl_mean", "kl", "entropy", "loss"}
+    assert float(out["entropy"]) > 0  # initialised below the -9 floor: the hinge pushes variances up
+    assert torch.isclose(out["loss"], out["dcl"] + out["pcl_mean"] + 1e-4 * out["kl"] + 0.1 * out["entropy"])
+    out["loss"].backward()
+    assert m.image_var.fc2.bias.grad.sum() < 0  # gradient descent raises the log-variances
+    # the mean-vs-samples term with zero variance is the mean-vs-mean contrast of K copies
+    from tbps.methods.uca import _mean_vs_samples
+    mu_t, _ = _gaussians(4, seed=1)
+    mu_v, _ = _gaussians(4, seed=2)
+    pids = torch.tensor([0, 0, 1, 2])
+    copies = mu_v.repeat_interleave(3, 0)
+    got = _mean_vs_samples(mu_t, copies, pids, pids.repeat_interleave(3), 0.1)
+    want = 0.5 * (_direct_nce(mu_t, copies, pids, pids.repeat_interleave(3), 0.1)
+                  + _direct_nce(copies, mu_t, pids.repeat_interleave(3), pids, 0.1))
+    assert torch.isclose(got, want, atol=1e-5)
+
+
 # ----------------------------------------------------------------------------- the method
 def test_uca_registered_forward_returns_all_parts():
     assert "uca" in METHODS
@@ -139,9 +263,10 @@ def test_uca_registered_forward_returns_all_parts():
     out = m(_batch())
     assert set(out) == {"dcl", "pcl_inter", "pcl_intra", "rec", "kl", "id", "loss"}
     w = m.cfg["loss_weights"]
-    total = sum(w[k] * out[k] for k in w)
+    total = sum(w[k] * out[k] for k in out if k != "loss")
     assert torch.isclose(out["loss"], total)
-    assert w == {"dcl": 1.0, "pcl_inter": 1.0, "pcl_intra": 0.5, "rec": 1.0, "kl": 1e-4, "id": 1.0}
+    assert w == {"dcl": 1.0, "pcl_inter": 1.0, "pcl_intra": 0.5, "rec": 1.0, "kl": 1e-4, "id": 1.0,
+                 "pcl_mean": 0.0, "entropy": 0.0}
     off = _uca(loss_weights={"rec": 0.0, "pcl_intra": 0.0, "kl": 0.0})
     assert set(off(_batch())) == {"dcl", "pcl_inter", "loss"}
     assert not hasattr(off, "cross_modal") and not hasattr(off, "classifier")
@@ -277,6 +402,16 @@ def test_extra_report_contents_and_files(tmp_path):
     json.dumps(r, allow_nan=False)  # strict JSON
 
 
+def test_unfitted_calibration_reports_no_ece(tmp_path):
+    m = _uca()
+    t, v, split = _planted_split(q=200)
+    cal = m.extra_report(t, v, split, m.score(t, v), None)["calibration"]
+    assert cal["fitted_on_val"] is False and cal["ece"] is None and "val_from_train" in cal["note"]
+    m.on_validation(t, v, split)
+    cal = m.extra_report(t, v, split, m.score(t, v), None)["calibration"]
+    assert cal["ece"] is not None and "note" not in cal
+
+
 def test_collate_flags_mark_attribute_tokens():
     tok = ClipBpeTokenizer()
     captions = ["A man wearing a blue shirt.", "A person walking."]
@@ -320,3 +455,21 @@ def test_cli_train_and_eval_report_uncertainty(tmp_path, capsys):
     assert set(result["metrics"]) == {"t2i", "t2i-w2", "t2i-csd"}
     assert not math.isnan(result["extra"]["calibration"]["ece"])
     assert (report / "uca_risk_coverage.png").is_file() and (report / "uca_uncertainty.json").is_file()
+
+
+def test_dataset_without_val_split_fits_calibration_on_held_out_train_ids(tmp_path, capsys):
+    """ICFG-PEDES layout (train and test only): unfitted and reported absent by default; with
+    data.val_from_train the calibration is fitted on held-out train identities."""
+    fx = write_icfg_fixture(tmp_path / "icfg", n_ids=14, split_ids={"train": 10, "test": 4}, images_per_id=2,
+                            captions_per_image=2)
+    common = [*SMALL_MODEL, "data.dataset=icfg-pedes", "data.instances_per_id=2", "train.batch_size=8"]
+    for holdout in (0.0, 0.3):
+        run = tmp_path / f"run{holdout}"
+        assert main(cli_train_args("uca_tiny", fx.root, run, [*common, f"data.val_from_train={holdout}"])) == 0
+        weights = load_file(str(run / "checkpoints" / "best" / "model.safetensors"))
+        assert float(weights["calib_fitted"]) == (1.0 if holdout else 0.0)
+        out_json = tmp_path / f"eval{holdout}.json"
+        assert main(["eval", str(run), "--split", "test", "--json", str(out_json), "--quiet"]) == 0
+        cal = json.loads(out_json.read_text())["extra"]["calibration"]
+        assert (cal["ece"] is None) == (not holdout) and cal["fitted_on_val"] == bool(holdout)
+    capsys.readouterr()

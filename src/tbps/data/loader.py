@@ -240,7 +240,7 @@ class TrainCollate:
 
     Items without an image belong to other processes' shards of the global batch: the batch then
     holds this process's rows only, plus "shard": {"offset", "size", "global": {"tokens", "pids",
-    extras...}} with the integer inputs of the whole global batch (see `methods.base.shard_of`).
+    "image_index", extras...}} with the integer inputs of the whole global batch (see `methods.base.shard_of`).
     Tokens are trimmed to the global batch's longest caption, as with one process.
     """
 
@@ -254,6 +254,7 @@ class TrainCollate:
         tb = self.tokenizer.encode(captions, self.max_len)
         tokens = tokens_to_dict(tb)
         pids = torch.tensor([it["pid"] for it in items], dtype=torch.long)
+        image_index = torch.tensor([it["image_index"] for it in items], dtype=torch.long)
         extras = self.extras(captions, tb) if self.extras is not None else {}
         local = [j for j, it in enumerate(items) if it["image"] is not None]
         if len(local) == len(items):
@@ -261,7 +262,7 @@ class TrainCollate:
                 "images": torch.stack([it["image"] for it in items]),
                 "tokens": tokens,
                 "pids": pids,
-                "image_index": torch.tensor([it["image_index"] for it in items], dtype=torch.long),
+                "image_index": image_index,
                 "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
                 "captions": captions,
                 **extras,
@@ -274,11 +275,12 @@ class TrainCollate:
             "images": torch.stack([it["image"] for it in mine]),
             "tokens": {k: v[lo:hi] for k, v in tokens.items()},
             "pids": pids[lo:hi],
-            "image_index": torch.tensor([it["image_index"] for it in mine], dtype=torch.long),
+            "image_index": image_index[lo:hi],
             "index": torch.tensor([it["index"] for it in mine], dtype=torch.long),
             "captions": captions[lo:hi],
             **{k: v[lo:hi] for k, v in extras.items()},
-            "shard": {"offset": lo, "size": hi - lo, "global": {"tokens": tokens, "pids": pids, **extras}},
+            "shard": {"offset": lo, "size": hi - lo,
+                      "global": {"tokens": tokens, "pids": pids, "image_index": image_index, **extras}},
         }
 
 

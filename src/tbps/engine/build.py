@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from ..data import Dataset, load_dataset
+from ..data.holdout import hold_out_validation
 from ..data.tokenizers import (BertWordPieceTokenizer, ClipBpeTokenizer, TrainedTokenizer, find_clip_bpe,
                                load_tokenizer, tokenizer_from_files)
 from ..data.transforms import build_transform
@@ -24,7 +25,10 @@ def resolve_device(name: str | None) -> torch.device:
 
 def load_data(cfg: dict[str, Any]) -> Dataset:
     d = cfg["data"]
-    return load_dataset(d["dataset"], d["root"], check_images=d["check_images"])
+    dataset = load_dataset(d["dataset"], d["root"], check_images=d["check_images"])
+    if d["val_from_train"]:
+        dataset = hold_out_validation(dataset, float(d["val_from_train"]))
+    return dataset
 
 
 def build_tokenizer(cfg: dict[str, Any], dataset: Dataset | None, run_dir: Path | None):

@@ -18,7 +18,7 @@ def shard_of(batch: dict[str, Any]) -> tuple[dict[str, Any], slice]:
     """(the global batch, this process's rows in it).
 
     Under multi-process training each rank's batch holds its B / N samples plus, under "shard",
-    the token ids, pids and collate extras of the whole global batch (cheap integers), so random
+    the token ids, pids, image indexes and collate extras of the whole global batch (cheap integers), so random
     token masking and sampling are drawn for the global batch exactly as one process would and
     each rank keeps its own rows. With one process: (batch, every row).
     """

@@ -22,12 +22,28 @@ Choices the paper leaves open (each is a config key):
   D = 512, sigma * sqrt(D) ~ 0.25, i.e. samples stay close to the mean at first).
 * PCL is the "supervised contrastive" form: per anchor, the mean over its positives of
   -log softmax; anchors without a positive are skipped. Intra-modal terms drop every pair of
-  samples that come from the same item (the anchor's own K samples): they share the mean, so
-  as positives they would only reward sigma -> 0, and they carry no identity information.
-  Positives are the samples of *other* items of the same identity, which the identity-balanced
-  sampler (`data.instances_per_id`) guarantees.
+  samples that show the same picture (`intra_exclude: image`, the default): the anchor's own K
+  samples, and the rows of the picture's other captions (two augmentations of one photo, or two
+  captions of it): they share (nearly) the mean, so as positives they would only reward
+  sigma -> 0, and they carry no identity information. `intra_exclude: item` drops only the
+  anchor's own samples (the rule before; with 2 captions per image about 11-14% of the
+  image-image positives were then the same picture). Positives are the samples of other
+  pictures of the same identity, which the identity-balanced sampler (`data.instances_per_id`)
+  guarantees.
 * Both directions of DCL and PCL-inter, and both modalities of PCL-intra and KL, are summed
   (the convention of IRRA's SDM).
+* `pcl_intra_means_only`: intra-modal PCL's samples are drawn from a detached log-variance (the
+  same noise as the other terms'), so it trains the means only and the variances learn from
+  DCL, inter-modal PCL and KL. Intra-modal PCL's "average -log p over samples" otherwise makes
+  sampling noise cost most for ambiguous items, whose variances then shrink fastest.
+* `var_sees_length`: the variance head reads LayerNorm(feature), blind to the feature's length;
+  with this switch it also reads log ||feature|| (one more input of its first layer).
+* OMRE-style terms (the first author's later code, Yifei-AHU/OMRE; weights 0 by default):
+  `pcl_mean` compares each mean with the other modality's K samples (mean anchors against samples
+  and sample anchors against means, each averaged, both pairs of modalities summed; multi-positive
+  InfoNCE at `tau_p`); `entropy` is the one-sided hinge mean_i max(0, H0 - H(N_i)) on the Gaussian
+  entropy H = D/2 log(2 pi e) + 1/2 sum log sigma^2, summed over modalities, with H0 the entropy
+  at log sigma^2 = `entropy_floor_logvar` in every dimension: it holds variances up.
 * Attribute tokens are masked with probability `attr_mask_prob` = 0.4 (CADA's rate on the same
   detector; on our captions it masks about as many tokens as IRRA's 15% of all tokens, so
   enough context is left for a masked word to be recoverable from the image), 80/10/10 rule, at
@@ -40,7 +56,8 @@ Choices the paper leaves open (each is a config key):
   image, fitted by logistic regression on the validation split's (d of the top-1, correct?) pairs
   (`calibration: top1`, the population whose confidence we report) or on all query-image pairs
   (`calibration: all`, subsampled to at most `calib_max_pairs`). a and b are buffers, so they
-  are saved with the weights.
+  are saved with the weights. Without a validation split it is never fitted and the report's ECE
+  is null, with a note (`data.val_from_train` holds one out of train).
 """
 from __future__ import annotations
 
@@ -85,10 +102,17 @@ DEFAULTS: dict[str, Any] = {
     "uncertainty_bins": 10,
     "ece_bins": 15,
     "terse_max_attributes": 2,  # captions with at most this many attribute words count as terse
-    "loss_weights": {"dcl": 1.0, "pcl_inter": 1.0, "pcl_intra": 0.5, "rec": 1.0, "kl": 1e-4, "id": 0.0},
+    "intra_exclude": "image",  # image | item: pairs dropped from intra-modal PCL (same picture | same row)
+    "pcl_intra_means_only": False,  # intra-modal PCL's samples from a detached log-variance: it trains the means
+    "var_sees_length": False,  # the variance head also reads log ||feature|| (LayerNorm removes the length)
+    "entropy_floor_logvar": -9.0,  # the entropy hinge's threshold, as a log sigma^2 in every dimension
+    "loss_weights": {"dcl": 1.0, "pcl_inter": 1.0, "pcl_intra": 0.5, "rec": 1.0, "kl": 1e-4, "id": 0.0,
+                     "pcl_mean": 0.0, "entropy": 0.0},  # the last two: OMRE-style terms, off by default
 }
 
 SCORES = ("cosine",) + DISTANCES
+UNFITTED_NOTE = ("calibration not fitted: the run had no validation split (ICFG-PEDES); "
+                 "data.val_from_train holds out train identities to fit it on")
 
 
 class VarianceHead(nn.Module):
@@ -96,21 +120,23 @@ class VarianceHead(nn.Module):
 
     LayerNorm -> Linear -> GELU -> Linear; the last layer starts small with its bias at
     `init`, so every item starts with log sigma^2 close to `init`. Output clamped to `bounds`.
+    With `sees_length` the first Linear also reads log ||global feature||, which LayerNorm removes.
     """
 
     def __init__(self, dim: int, kind: str = "mlp", init: float = -9.0,
-                 bounds: tuple[float, float] = (-15.0, 2.0)) -> None:
+                 bounds: tuple[float, float] = (-15.0, 2.0), sees_length: bool = False) -> None:
         super().__init__()
         if kind not in ("mlp", "attn_pool"):
             raise ValueError(f"unknown var_head {kind!r}; use mlp or attn_pool")
         self.kind = kind
+        self.sees_length = bool(sees_length)
         self.bounds = (float(bounds[0]), float(bounds[1]))
         if kind == "attn_pool":
             self.query = nn.Parameter(torch.randn(1, 1, dim) * dim ** -0.5)
             self.ln_tokens = nn.LayerNorm(dim)
             self.pool = MultiheadAttention(dim, max(1, dim // 64))
         self.ln = nn.LayerNorm(dim)
-        self.fc1 = nn.Linear(dim, dim)
+        self.fc1 = nn.Linear(dim + int(self.sees_length), dim)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(dim, dim)
         nn.init.normal_(self.fc2.weight, std=0.02)
@@ -125,7 +151,10 @@ class VarianceHead(nn.Module):
             x = self.pool(q, self.ln_tokens(tokens), key_padding=padding)[:, 0]
         else:
             x = global_feat
-        return self.fc2(self.act(self.fc1(self.ln(x)))).clamp(*self.bounds)
+        x = self.ln(x)
+        if self.sees_length:
+            x = torch.cat([x, global_feat.norm(dim=-1, keepdim=True).clamp_min(1e-6).log().to(x.dtype)], -1)
+        return self.fc2(self.act(self.fc1(x))).clamp(*self.bounds)
 
 
 def multi_positive_nce(anchors: torch.Tensor, candidates: torch.Tensor, anchor_labels: torch.Tensor,
@@ -152,6 +181,14 @@ def multi_positive_nce(anchors: torch.Tensor, candidates: torch.Tensor, anchor_l
     return -per_anchor.mean()
 
 
+def entropy_hinge(logvar: torch.Tensor, floor_logvar: float) -> torch.Tensor:
+    """mean_i max(0, H0 - H(N_i)): H = D/2 log(2 pi e) + 1/2 sum_d log sigma_d^2, H0 = H at
+    log sigma^2 = `floor_logvar` in every dimension (the constants cancel). Zero, with no gradient,
+    for items above the floor; below it, a gradient that raises every log sigma^2 by the same push."""
+    gap = 0.5 * (float(floor_logvar) - logvar.float()).sum(-1)
+    return gap.clamp_min(0.0).mean()
+
+
 def attribute_flags(captions: list[str], tokens: Any, length: int | None = None) -> torch.Tensor:
     """[B, L] True where a token overlaps an attribute word of its caption (detector of 3.3)."""
     length = int(tokens.attention_mask.sum(1).max()) if length is None else length
@@ -170,7 +207,8 @@ class UCA(Method):
     def __init__(self, cfg: dict[str, Any], backbone: Backbone, num_classes: int, tokenizer: Any) -> None:
         cfg = {**DEFAULTS, **cfg, "loss_weights": {**DEFAULTS["loss_weights"], **cfg.get("loss_weights", {})}}
         for key, allowed in (("distance", DISTANCES), ("score", SCORES), ("rec_points", ("samples", "mean", "none")),
-                             ("uncertainty", ("mean_var", "trace")), ("calibration", ("top1", "all"))):
+                             ("uncertainty", ("mean_var", "trace")), ("calibration", ("top1", "all")),
+                             ("intra_exclude", ("image", "item"))):
             if cfg[key] not in allowed:
                 raise ValueError(f"uca: {key}={cfg[key]!r}; use one of {allowed}")
         for s in cfg["eval_scores"]:
@@ -183,8 +221,8 @@ class UCA(Method):
         d = backbone.cfg.embed_dim
         w = cfg["loss_weights"]
         bounds = tuple(cfg["logvar_range"])
-        self.image_var = VarianceHead(d, cfg["var_head"], cfg["logvar_init"], bounds)
-        self.text_var = VarianceHead(d, cfg["var_head"], cfg["logvar_init"], bounds)
+        self.image_var = VarianceHead(d, cfg["var_head"], cfg["logvar_init"], bounds, cfg["var_sees_length"])
+        self.text_var = VarianceHead(d, cfg["var_head"], cfg["logvar_init"], bounds, cfg["var_sees_length"])
         if w["rec"]:  # modules without a loss would get no gradient: build only what is trained
             self.cross_modal = CrossModalEncoder(d, max(1, d // 64), cfg["cross_layers"])
             self.mlm_head = MLMHead(d, tokenizer.vocab_size)
@@ -258,21 +296,28 @@ class UCA(Method):
             if w["dcl"]:
                 d = pairwise_distance(cfg["distance"], g_mu_t, g_lv_t, g_mu_v, g_lv_v)  # [text, image]
                 losses["dcl"] = sdm_from_logits(-d / cfg["tau_d"], g_pids)
-            if w["pcl_inter"] or w["pcl_intra"]:
+            if w["pcl_inter"] or w["pcl_intra"] or w["pcl_mean"]:
                 k = int(cfg["num_samples"])
-                z_v = sample_points(g_mu_v, g_lv_v, k, g).flatten(0, 1)  # [B*K, D], item-major
-                z_t = sample_points(g_mu_t, g_lv_t, k, g).flatten(0, 1)
+                z_v, z_v_intra = self._samples(g_mu_v, g_lv_v, k, g)  # [B*K, D], item-major
+                z_t, z_t_intra = self._samples(g_mu_t, g_lv_t, k, g)
                 labels = g_pids.repeat_interleave(k)
-                items = torch.arange(len(g_pids), device=g_pids.device).repeat_interleave(k)
                 tau = cfg["tau_p"]
                 if w["pcl_inter"]:
                     losses["pcl_inter"] = (multi_positive_nce(z_t, z_v, labels, labels, tau)
                                            + multi_positive_nce(z_v, z_t, labels, labels, tau))
                 if w["pcl_intra"]:
-                    losses["pcl_intra"] = (multi_positive_nce(z_v, z_v, labels, labels, tau, items, items)
-                                           + multi_positive_nce(z_t, z_t, labels, labels, tau, items, items))
+                    items = self._intra_groups(glob, len(g_pids), g_pids.device).repeat_interleave(k)
+                    losses["pcl_intra"] = (
+                        multi_positive_nce(z_v_intra, z_v_intra, labels, labels, tau, items, items)
+                        + multi_positive_nce(z_t_intra, z_t_intra, labels, labels, tau, items, items))
+                if w["pcl_mean"]:
+                    losses["pcl_mean"] = (_mean_vs_samples(g_mu_t, z_v, g_pids, labels, tau)
+                                          + _mean_vs_samples(g_mu_v, z_t, g_pids, labels, tau))
             if w["kl"]:
                 losses["kl"] = kl_to_standard_normal(g_mu_v, g_lv_v) + kl_to_standard_normal(g_mu_t, g_lv_t)
+            if w["entropy"]:
+                floor = cfg["entropy_floor_logvar"]
+                losses["entropy"] = entropy_hinge(g_lv_v, floor) + entropy_hinge(g_lv_t, floor)
             if w["id"]:
                 losses["id"] = id_loss(self.classifier, emb_v.float(), emb_t.float(), pids)
         if w["rec"]:
@@ -280,6 +325,26 @@ class UCA(Method):
                                            glob["tokens"], rows)
         losses["loss"] = sum(w[k] * v for k, v in losses.items())
         return losses
+
+    def _samples(self, mu: torch.Tensor, logvar: torch.Tensor, k: int,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """K samples per item, flattened [B*K, D], and intra-modal PCL's: the same samples, from a
+        detached log-variance under `pcl_intra_means_only` (the noise replayed from the generator)."""
+        replay = torch.Generator().set_state(generator.get_state()) if self.cfg["pcl_intra_means_only"] else None
+        z = sample_points(mu, logvar, k, generator).flatten(0, 1)
+        if replay is None:
+            return z, z
+        return z, sample_points(mu, logvar.detach(), k, replay).flatten(0, 1)
+
+    def _intra_groups(self, glob: dict[str, Any], n: int, device: torch.device) -> torch.Tensor:
+        """Per row of the global batch, the group whose pairs intra-modal PCL drops: its picture
+        (`intra_exclude: image`, from the batch's `image_index`) or the row itself (`item`)."""
+        if self.cfg["intra_exclude"] == "item":
+            return torch.arange(n, device=device)
+        if "image_index" not in glob:
+            raise ValueError("uca: intra_exclude=image needs the batch's `image_index` (the training collate adds it); "
+                             "set method.intra_exclude=item to drop only the anchor's own samples")
+        return glob["image_index"].to(device)
 
     def mask_caption(self, ids: torch.Tensor, attention_mask: torch.Tensor, flags: torch.Tensor | None,
                      generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -430,6 +495,7 @@ class UCA(Method):
         at = {f"{x:.1f}": float(accuracy[max(0, int(round(x * len(c))) - 1)] * 100) for x in levels} if len(c) else {}
         prob = self.match_probability(d).numpy()
         ece = unc.expected_calibration_error(prob, c, int(cfg["ece_bins"]))
+        fitted = bool(float(self.calib_fitted) > 0)
         n_attr = torch.tensor([len(find_attribute_words(s)) for s in split.captions])
         terse = (n_attr <= int(cfg["terse_max_attributes"])).numpy()
 
@@ -448,10 +514,13 @@ class UCA(Method):
                                     "min": float(u_g.min()), "max": float(u_g.max())},
             "rank1_by_uncertainty_bin": bins,
             "risk_coverage": {**unc.aurc(u_q, c), "rank1_at_coverage": at},
+            # unfitted (no validation split): the probabilities are sigmoid(-d / tau_d), their ECE meaningless
             "calibration": {"distance": cfg["distance"], "pairs": cfg["calibration"],
                             "a": float(self.calib_a), "b": float(self.calib_b),
-                            "fitted_on_val": bool(self.calib_fitted), "ece": ece["ece"],
-                            "mean_top1_probability": float(prob.mean()), "top1_accuracy": float(c.mean())},
+                            "fitted_on_val": fitted, "ece": ece["ece"] if fitted else None,
+                            "mean_top1_probability": float(prob.mean()) if fitted else None,
+                            "top1_accuracy": float(c.mean()),
+                            **({} if fitted else {"note": UNFITTED_NOTE})},
             "terse_vs_detailed": {"terse_max_attributes": int(cfg["terse_max_attributes"]),
                                   "terse": group(terse), "detailed": group(~terse)},
         }
@@ -471,6 +540,14 @@ class UCA(Method):
             report["files"] = [str(out / n) for n in ("uca_risk_coverage.png", "uca_rank1_by_uncertainty.png",
                                                       "uca_uncertainty.json")]
         return report
+
+
+def _mean_vs_samples(mu: torch.Tensor, samples: torch.Tensor, pids: torch.Tensor, sample_pids: torch.Tensor,
+                     tau: float) -> torch.Tensor:
+    """OMRE-style: one modality's means against the other's samples (same identity = positive),
+    as mean anchors over the samples and as sample anchors over the means, averaged."""
+    return 0.5 * (multi_positive_nce(mu, samples, pids, sample_pids, tau)
+                  + multi_positive_nce(samples, mu, sample_pids, pids, tau))
 
 
 def _json_safe(x: Any) -> Any:
