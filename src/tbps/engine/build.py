@@ -24,7 +24,8 @@ def resolve_device(name: str | None) -> torch.device:
 
 def load_data(cfg: dict[str, Any]) -> Dataset:
     d = cfg["data"]
-    return load_dataset(d["dataset"], d["root"], check_images=d.get("check_images", True))
+    return load_dataset(d["dataset"], d["root"], check_images=d.get("check_images", True),
+                        strict=bool(d.get("strict", False)), allow_outside_root=bool(d.get("allow_outside_root", False)))
 
 
 def build_tokenizer(cfg: dict[str, Any], dataset: Dataset | None, run_dir: Path | None):
