@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from ..utils import atomic_write_bytes, atomic_write_json
 from . import faiss_index as fx
-from .gallery import FileRecord, image_batches, scan_images
+from .gallery import IMAGE_EXTENSIONS, FileRecord, image_batches, scan_images
 
 FORMAT = "tbps-index"
 VERSION = 1
@@ -309,6 +309,9 @@ def build_index(gallery: str | Path, model: Any, out: str | Path, *, batch_size:
     fx.choose_kind(0, kind, threshold)  # validate early
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not scan_images([gallery]):  # an empty index is surely a wrong folder: refuse before writing
+        raise ValueError(f"no images to index in {gallery}: no {', '.join(IMAGE_EXTENSIONS)} files under it "
+                         "(hidden files and folders are ignored)")
     run = _load(model, device)
     out.mkdir(parents=True, exist_ok=True)
     with index_lock(out):
