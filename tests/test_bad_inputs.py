@@ -133,18 +133,22 @@ def test_eval_stops_naming_an_unreadable_gallery_image(capsys, tmp_path, data, r
     assert code == 2 and str(bad) in err and "cannot read image" in err
 
 
-def test_an_unreadable_image_in_a_loader_worker_keeps_a_one_line_message(tmp_path):
+@pytest.mark.parametrize("missing", [False, True])
+def test_an_unreadable_image_in_a_loader_worker_keeps_a_one_line_message(tmp_path, missing):
     from torch.utils.data import DataLoader
 
     from tbps.data.loader import ImageList
     from tbps.data.transforms import build_transform
 
     bad = tmp_path / "bad.png"
-    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    if not missing:
+        bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     loader = DataLoader(ImageList([str(bad)], build_transform(32, 16, False)), batch_size=1, num_workers=1)
-    with pytest.raises(ImageReadError) as info:
+    with pytest.raises(FileNotFoundError if missing else ImageReadError) as info:
         next(iter(loader))
-    assert str(bad) in str(info.value) and "Traceback" not in str(info.value)
+    assert isinstance(info.value, ImageReadError)  # the CLI reports both as one line
+    assert str(info.value).endswith(str(bad)) if missing else str(bad) in str(info.value)
+    assert "Traceback" not in str(info.value)
 
 
 def test_index_build_skips_and_lists_unreadable_images(capsys, tmp_path, run, gallery):
@@ -534,4 +538,9 @@ def test_the_service_still_answers_good_requests(client):
 
 def test_search_names_a_query_that_is_not_valid_text(capsys, index):
     code, _, err = cli(capsys, "search", index, "a man \udcff")
-    assert code == 2 and "text:" in err and "position 6" in err
+    assert code == 2 and "not valid Unicode" in err and "position 6" in err
+
+
+def test_the_explain_endpoint_refuses_text_that_is_not_valid_unicode(client):
+    r = client.post("/explain", content=b'{"text": "a \\udfff", "id": 0}', headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and "field 'text'" in r.json()["detail"] and "\\udfff" in r.json()["detail"]

@@ -17,3 +17,7 @@ class ImageReadError(OSError):
             last = [line for line in message.strip().splitlines() if line.strip()][-1]
             message = last.split(f"{type(self).__name__}: ", 1)[-1]
         super().__init__(message)
+
+
+class ImageNotFoundError(ImageReadError, FileNotFoundError):
+    """An image file that is not there (moved or deleted after the dataset was checked)."""

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import ImageReadError
+from ..errors import ImageNotFoundError, ImageReadError
 
 __all__ = [
     "CLIP_MEAN",
@@ -90,12 +90,13 @@ def load_image(path: str | Path) -> Image.Image:
     """Open an image as 8-bit RGB (`to_rgb`), fully decoded now so that a corrupt file fails here.
 
     The one way every command reads an image (training, its image cache, evaluation, indexing,
-    search by image, explain). A missing file raises FileNotFoundError, any other failure
-    `ImageReadError`, both naming the path.
+    search by image, explain). A missing file raises ImageNotFoundError (a FileNotFoundError), any
+    other failure `ImageReadError`, both naming the path and both kept to one line when raised in a
+    DataLoader worker.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
+        raise ImageNotFoundError(f"image not found: {path}")
     try:
         with Image.open(path) as img:
             img.load()

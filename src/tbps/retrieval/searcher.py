@@ -221,10 +221,6 @@ class Searcher:
     def _validate(self, text: Any, k: Any, rerank: Any) -> tuple[str, int, int]:
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"text: the query must be a non-empty string, got {text!r}")
-        unencodable = next((i for i, ch in enumerate(text) if "\ud800" <= ch <= "\udfff"), None)
-        if unencodable is not None:  # a lone surrogate (or undecodable command-line bytes): not text
-            raise ValueError(f"text: the query holds a character that is not valid Unicode text "
-                             f"({ascii(text[unencodable])} at position {unencodable})")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k: the number of results must be a positive integer, got {k!r}")
         if rerank is None:
