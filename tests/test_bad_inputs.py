@@ -376,6 +376,10 @@ def test_resume_with_another_method_changes_nothing(capsys, tmp_path, data, run)
     ("data.max_text_len=1.5", "data.max_text_len"),
     ("data.num_workers=-1", "data.num_workers"),
     ("train=3", "train"),
+    ("train.optimizer=3", "train.optimizer"),
+    ("data.augment.pad=wide", "data.augment.pad"),
+    ("method.cross_layers=abc", "method.cross_layers"),
+    ("method.tau=null", "method.tau"),
 ])
 def test_train_refuses_a_bad_config_value_before_reading_data(capsys, tmp_path, override, key):
     out = tmp_path / "run"
@@ -544,3 +548,10 @@ def test_search_names_a_query_that_is_not_valid_text(capsys, index):
 def test_the_explain_endpoint_refuses_text_that_is_not_valid_unicode(client):
     r = client.post("/explain", content=b'{"text": "a \\udfff", "id": 0}', headers={"Content-Type": "application/json"})
     assert r.status_code == 422 and "field 'text'" in r.json()["detail"] and "\\udfff" in r.json()["detail"]
+
+
+def test_eval_json_onto_a_folder_names_it(capsys, tmp_path, run):
+    target = tmp_path / "metrics.json"
+    target.mkdir()
+    code, _, err = cli(capsys, "eval", run, "--json", target, "--quiet")
+    assert code == 2 and str(target) in err and list(target.iterdir()) == []

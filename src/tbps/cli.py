@@ -174,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except BrokenPipeError:
         return _quiet_broken_pipe()
-    except (FileNotFoundError, FileExistsError, ValueError, KeyError, ImageReadError) as exc:
+    except (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError,
+            ValueError, KeyError, ImageReadError) as exc:  # bad input: one line naming it, never a traceback
         if os.environ.get("TBPS_DEBUG"):
             raise
         print(f"tbps {args.command}: error: {exc}", file=sys.stderr)

@@ -44,6 +44,19 @@ def _size() -> tuple[str, Callable[[Any], bool]]:
                                                               for x in v))
 
 
+def _mapping() -> tuple[str, Callable[[Any], bool]]:
+    return "a mapping", lambda v: isinstance(v, Mapping)
+
+
+def _list_of_text() -> tuple[str, Callable[[Any], bool]]:
+    return "a list of strings", lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v)
+
+
+def _betas() -> tuple[str, Callable[[Any], bool]]:
+    return "two numbers in [0, 1)", lambda v: (isinstance(v, (list, tuple)) and len(v) == 2 and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < 1 for x in v))
+
+
 def _optional(spec: tuple[str, Callable[[Any], bool]]) -> tuple[str, Callable[[Any], bool]]:
     what, ok = spec
     return f"null or {what}", lambda v: v is None or ok(v)
@@ -66,6 +79,15 @@ TRAIN_KEYS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     **RUN_KEYS,
     "seed": _integer(0),
     "backbone.pretrained_trust_pickle": _flag(),
+    "backbone.overrides": _optional(_mapping()),
+    "backbone.pretrained_allow_missing": _optional(_list_of_text()),
+    "data.tokenizer": _text(),
+    "data.tokenizer_path": _optional(_text()),
+    "data.augment": _optional(_mapping()),
+    "data.augment.flip": _flag(),
+    "data.augment.random_crop": _flag(),
+    "data.augment.pad": _integer(0),
+    "data.augment.erasing": _number(0.0, 1.0),
     "data.tokenizer_vocab_size": _integer(1),
     "data.instances_per_id": _integer(1),
     "data.num_workers": _integer(0),
@@ -77,6 +99,8 @@ TRAIN_KEYS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "data.allow_outside_root": _flag(),
     "train.epochs": _integer(1),
     "train.batch_size": _integer(1),
+    "train.optimizer": _text(),
+    "train.betas": _betas(),
     "train.lr": _number(0.0, low_open=True),
     "train.weight_decay": _number(0.0),
     "train.new_module_lr_mult": _number(0.0, low_open=True),
@@ -111,7 +135,7 @@ def check_config_types(cfg: Mapping[str, Any], keys: Mapping[str, tuple[str, Cal
     """Raise ConfigError naming every key in `keys` whose value has the wrong type or range.
 
     A key the config does not have is left to the reader's default; a section that is not a
-    mapping (`train: 3`) is reported as such.
+    mapping (`train: 3`) is reported as such. With TRAIN_KEYS the method's own keys are checked too.
     """
     problems: list[str] = []
     for section in sorted({k.split(".")[0] for k in keys if "." in k}):
@@ -122,5 +146,10 @@ def check_config_types(cfg: Mapping[str, Any], keys: Mapping[str, tuple[str, Cal
         if value is _ABSENT or ok(value):
             continue
         problems.append(f"{key}: expected {what}, got {_shown(value)}")
+    method = cfg.get("method")
+    if not problems and keys is TRAIN_KEYS and isinstance(method, Mapping):
+        from ..methods import check_method_config  # the method's own keys, typed by its defaults
+
+        check_method_config(method)
     if problems:
         raise ConfigError(f"{source}: bad value{'s' if len(problems) > 1 else ''}: " + "; ".join(problems))
