@@ -555,3 +555,103 @@ def test_eval_json_onto_a_folder_names_it(capsys, tmp_path, run):
     target.mkdir()
     code, _, err = cli(capsys, "eval", run, "--json", target, "--quiet")
     assert code == 2 and str(target) in err and list(target.iterdir()) == []
+
+
+# ============================================================================ backbone.pretrained files
+
+
+def _pretrained_file(tmp_path: Path, kind: str) -> Path:
+    if kind == "random bytes":
+        path = tmp_path / "weights.pth"
+        path.write_bytes(b"\x13" + os.urandom(4095))  # never a zip or pickle header by chance
+    elif kind == "random bytes, pickle header":
+        path = tmp_path / "weights.pth"
+        path.write_bytes(b"\x80\x02" + os.urandom(4094))
+    elif kind == "text file":
+        path = tmp_path / "weights.pt"
+        path.write_text("model weights are at https://example.org\n")
+    elif kind == "zero bytes":
+        path = tmp_path / "weights.pth"
+        path.write_bytes(b"")
+    elif kind == "random safetensors":
+        path = tmp_path / "weights.safetensors"
+        path.write_bytes(os.urandom(4096))
+    elif kind == "truncated torch.save":
+        path = tmp_path / "weights.pth"
+        torch.save({"visual.class_embedding": torch.zeros(64)}, path)
+        path.write_bytes(path.read_bytes()[:200])
+    else:  # wrong shapes: a CLIP-layout state dict of a wider model
+        from tbps.models import backbone_config, build_backbone
+
+        wide = build_backbone(backbone_config("tiny-clip", vision_width=64, vision_heads=2, vision_layers=1,
+                                              text_width=64, text_heads=2, text_layers=1, embed_dim=16,
+                                              vocab_size=300))
+        path = tmp_path / "weights.pt"
+        torch.save(wide.state_dict(), path)
+    return path
+
+
+@pytest.mark.parametrize("kind,expected", [
+    ("random bytes", "not a PyTorch checkpoint"),
+    ("random bytes, pickle header", "truncated or corrupt"),
+    ("text file", "text file"),
+    ("zero bytes", "0 bytes"),
+    ("random safetensors", "not a readable safetensors"),
+    ("truncated torch.save", "cannot read"),
+    ("wrong shapes", "shape mismatches"),
+])
+def test_a_bad_pretrained_file_is_named(capsys, tmp_path, data, kind, expected):
+    weights = _pretrained_file(tmp_path, kind)
+    out = tmp_path / "run"
+    code, _, err = cli(capsys, *_train_args(data, out, f"backbone.pretrained={weights}"))
+    assert code == 2 and str(weights) in err and expected in err
+    assert "pretrained_trust_pickle" not in err  # that advice is for real checkpoints holding Python objects
+    assert not (out / "config.yaml").exists()
+
+
+# ============================================================================ damaged indexes
+
+
+def _damage_manifest(ix: Path, kind: str) -> None:
+    path = ix / "manifest.json"
+    m = json.loads(path.read_text())
+    if kind == "a list":
+        m = [m]
+    elif kind == "count as text":
+        m["count"] = "six"
+    elif kind == "no shards":
+        del m["shards"]
+    elif kind == "faiss not an object":
+        m["faiss"] = "flat"
+    elif kind == "shard without file":
+        m["shards"][0] = {"count": 3}
+    path.write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("kind", ["a list", "count as text", "no shards", "faiss not an object", "shard without file"])
+@pytest.mark.parametrize("command", ["search", "info"])
+def test_a_manifest_of_the_wrong_shape_is_named_with_how_to_rebuild(capsys, tmp_path, index, kind, command):
+    ix = copy_of(index, tmp_path, "index")
+    _damage_manifest(ix, kind)
+    args = ["search", ix, "a man"] if command == "search" else ["index", "info", ix]
+    code, _, err = cli(capsys, *args)
+    assert code == 2 and str(ix / "manifest.json") in err and "--overwrite" in err
+
+
+@pytest.mark.parametrize("what", ["faiss", "shard"])
+def test_a_truncated_index_file_is_named_with_how_to_rebuild(capsys, tmp_path, index, what):
+    ix = copy_of(index, tmp_path, "index")
+    m = json.loads((ix / "manifest.json").read_text())
+    damaged = ix / (m["faiss"]["file"] if what == "faiss" else m["shards"][0]["file"])
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+    code, _, err = cli(capsys, "search", ix, "a man")
+    assert code == 2 and str(damaged) in err and "--overwrite" in err
+
+
+def test_adding_to_a_damaged_index_leaves_it_as_it_was(capsys, tmp_path, index, gallery):
+    ix = copy_of(index, tmp_path, "index")
+    _damage_manifest(ix, "count as text")
+    before = tree_digest(ix)
+    code, _, err = cli(capsys, "index", "add", ix, gallery, "--quiet")
+    assert code == 2 and "manifest.json" in err
+    assert tree_digest(ix) == before

@@ -136,27 +136,68 @@ def _is_torchscript(path: Path) -> bool:
 
 
 def _read_file(path: Path, what: str, trust_pickle: bool) -> tuple[dict[str, torch.Tensor], str]:
+    if path.stat().st_size == 0:
+        raise PretrainedLoadError(f"{what}: {path} is empty (0 bytes), not a checkpoint")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return _as_state_dict(load_file(str(path)), path, what), "safetensors file"
+        try:
+            return _as_state_dict(load_file(str(path)), path, what), "safetensors file"
+        except (SafetensorError, OSError) as err:
+            raise PretrainedLoadError(f"{what}: {path} is not a readable safetensors file ({err}): truncated "
+                                      "or not a checkpoint") from None
     if _is_torchscript(path):
         with warnings.catch_warnings():  # torch.jit is deprecated, but OpenAI distributes CLIP this way
             warnings.simplefilter("ignore", DeprecationWarning)
             module = torch.jit.load(str(path), map_location="cpu")
         return _as_state_dict(dict(module.state_dict()), path, what), "TorchScript archive"
+    not_torch = _not_a_torch_file(path)
+    if not_torch:
+        raise PretrainedLoadError(f"{what}: {path} is not a PyTorch checkpoint ({not_torch}); expected a file "
+                                  "written by torch.save, a TorchScript archive, a .safetensors file or a Hugging "
+                                  "Face model folder")
+    unreadable = (RuntimeError, EOFError, OSError, IndexError, KeyError, ValueError, pickle.UnpicklingError)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        # "Unsupported global": real Python objects besides tensors. Anything else is a damaged file.
+        if "Unsupported global" not in str(err):
+            raise PretrainedLoadError(f"{what}: cannot read {path} as a PyTorch file: it is truncated or "
+                                      f"corrupt ({_weights_only_reason(err)})") from None
         if not trust_pickle:
             raise PretrainedLoadError(
                 f"{what}: {path} holds Python objects besides tensors, which are only unpickled from trusted "
                 f"files; set backbone.pretrained_trust_pickle: true (load_pretrained(..., trust_pickle=True)) "
-                f"if you trust it ({str(err).splitlines()[0]})") from None
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError) as err:
-        raise PretrainedLoadError(f"{what}: cannot read {path} as a PyTorch file: {err}") from None
+                f"if you trust it ({_weights_only_reason(err)})") from None
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except unreadable as err2:
+            raise PretrainedLoadError(f"{what}: cannot read {path} as a PyTorch file: {err2}") from None
+    except unreadable as err:
+        raise PretrainedLoadError(f"{what}: cannot read {path} as a PyTorch file: it is truncated or corrupt "
+                                  f"({type(err).__name__}: {err})") from None
     return _as_state_dict(obj, path, what), "state dict (torch.save)"
+
+
+def _not_a_torch_file(path: Path) -> str | None:
+    """Why `path` cannot be a torch.save file (a zip archive, or a pickle for the legacy format), or None."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # a zip archive (maybe truncated) or a legacy pickle
+        return None
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = ""
+    if text and all(c.isprintable() or c.isspace() for c in text):
+        return f"it is a text file starting {text.strip()[:30]!r}"
+    return "neither a zip archive nor a pickle"
+
+
+def _weights_only_reason(err: Exception) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if "Unsupported" in ln or "WeightsUnpickler error" in ln]
+    return next((ln for ln in lines if "Unsupported" in ln), str(err).splitlines()[0] if str(err) else "")
 
 
 _WRAPPER_KEYS = ("model", "state_dict", "module", "model_state_dict", "net")
@@ -233,9 +274,9 @@ def _openai_clip(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor
     left: list[str] = []
     for k, v in state.items():
         if k == "visual.proj":
-            out["backbone.image_proj.weight"] = v.t()  # x @ proj == F.linear(x, proj.T)
+            out["backbone.image_proj.weight"] = v.t() if v.ndim == 2 else v  # x @ proj == F.linear(x, proj.T)
         elif k == "text_projection":
-            out["backbone.text_proj.weight"] = v.t()
+            out["backbone.text_proj.weight"] = v.t() if v.ndim == 2 else v  # other ranks: reported as a shape mismatch
         elif k.startswith("visual."):
             out["backbone." + k] = v
         elif k == "token_embedding.weight":
@@ -326,7 +367,7 @@ def _blip(state: dict[str, torch.Tensor], hf: bool) -> tuple[dict[str, torch.Ten
             if name == "class_embedding":  # [1, 1, D] -> [D]
                 v = v.reshape(-1)
             elif name == "positional_embedding":  # [1, 1 + P, D] -> [1 + P, D]
-                v = v.reshape(-1, v.shape[-1])
+                v = v.reshape(-1, v.shape[-1]) if v.ndim else v
             out["backbone.visual." + name] = v
         elif k.startswith(norm):
             out["backbone.visual.ln_post." + k[len(norm):]] = v
@@ -417,7 +458,10 @@ def load_pretrained(model: nn.Module, path: str | Path, *, allow_missing: Iterab
 
 def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, path: str = "<state dict>",
                source: str = "in memory", allow_missing: Iterable[str] = ()) -> LoadReport:
-    layout = detect_layout(state)
+    try:
+        layout = detect_layout(state)
+    except PretrainedLoadError as err:
+        raise PretrainedLoadError(f"{path}: {err}") from None
     converted, ignored, left = convert_state_dict(state, layout)
     backbone = _backbone_of(model)
     family = backbone.cfg.family

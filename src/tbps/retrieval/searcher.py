@@ -32,7 +32,7 @@ import torch
 from safetensors import safe_open
 
 from . import faiss_index as fx
-from .index import check_same_model, model_identity, read_manifest, read_shard
+from .index import check_same_model, model_identity, read_faiss, read_manifest, read_shard
 
 
 @dataclass
@@ -111,11 +111,7 @@ class IndexReader:
             self._order = order
         else:
             self._order = None
-        finfo = self.manifest["faiss"]
-        path = self.dir / finfo["file"]
-        if not path.is_file():
-            raise FileNotFoundError(f"faiss index {path} named in {self.dir / 'manifest.json'} is missing")
-        self.faiss = fx.from_bytes(path.read_bytes(), finfo)
+        self.faiss = read_faiss(self.dir, self.manifest["faiss"])
         if self.faiss.ntotal != len(self.ids):
             raise ValueError(f"index {self.dir} is inconsistent: faiss holds {self.faiss.ntotal} vectors, "
                              f"the shards {len(self.ids)}")
