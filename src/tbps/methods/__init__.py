@@ -1,15 +1,26 @@
 """Methods are registered by name; adding one is one file plus one import line below."""
-import sys
+from typing import Callable
 
 from ..registry import Registry
 
 METHODS: Registry = Registry("method")
 
+
+def register(name: str) -> Callable[[type], type]:
+    """Register a `Method` subclass under `name`; the class (and every method built from it) knows it."""
+    def decorator(cls: type) -> type:
+        cls.name = name
+        return METHODS.register(name)(cls)
+
+    return decorator
+
+
 from . import irra  # noqa: E402,F401  (registers "irra")
 from . import uca  # noqa: E402,F401  (registers "uca")
 from . import cada  # noqa: E402,F401  (registers "cada")
+from . import clip_ft  # noqa: E402,F401  (registers "clip_ft")
 
-from .base import Method  # noqa: E402
+from .base import Capabilities, Method, Ranking  # noqa: E402
 
 
 def build_method(name: str, cfg: dict, backbone, num_classes: int, tokenizer) -> Method:
@@ -20,8 +31,7 @@ def build_method(name: str, cfg: dict, backbone, num_classes: int, tokenizer) ->
 def check_method_config(cfg: dict) -> None:
     """Check the `method` section (its `name` and the scalar types of the method's own keys)."""
     cls = METHODS.get(cfg.get("name"))
-    check_method_types({k: v for k, v in cfg.items() if k != "name"},
-                       getattr(sys.modules[cls.__module__], "DEFAULTS", {}))
+    check_method_types({k: v for k, v in cfg.items() if k != "name"}, getattr(cls, "defaults", {}))
 
 
 def check_method_types(cfg: dict, defaults: dict) -> None:
@@ -46,4 +56,5 @@ def check_method_types(cfg: dict, defaults: dict) -> None:
         raise ValueError("config: bad value" + ("s" if len(problems) > 1 else "") + ": " + "; ".join(problems))
 
 
-__all__ = ["METHODS", "Method", "build_method", "check_method_config", "check_method_types"]
+__all__ = ["METHODS", "Capabilities", "Method", "Ranking", "build_method", "check_method_config",
+           "check_method_types", "register"]
