@@ -37,7 +37,7 @@ from .evaluator import evaluate
 
 def build_optimizer(method: torch.nn.Module, tcfg: dict[str, Any]) -> torch.optim.Optimizer:
     """Adam/AdamW over parameter groups given by `train.param_groups` (see `parameter_settings`);
-    epsilon `train.eps` (official IRRA: 1e-3, the value its fp16 weights need)."""
+    epsilon `train.eps` (the official baseline recipe: 1e-3, the value its fp16 weights need)."""
     lr = float(tcfg["lr"])
     groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
     params_by_name = dict(method.named_parameters())
