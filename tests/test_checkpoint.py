@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tbps.engine.checkpoint import load_model_weights, resolve_checkpoint, save_checkpoint
+from tbps.engine.checkpoint import CheckpointError, load_model_weights, resolve_checkpoint, save_checkpoint
 
 
 def test_checkpoint_round_trip_and_interrupted_swap(tmp_path):
@@ -23,7 +23,7 @@ def test_checkpoint_round_trip_and_interrupted_swap(tmp_path):
 
 def test_mismatched_checkpoint_names_keys(tmp_path):
     save_checkpoint(tmp_path / "c", torch.nn.Linear(3, 2), None, {})
-    with pytest.raises(RuntimeError, match="missing keys"):
+    with pytest.raises(CheckpointError, match="missing keys"):
         load_model_weights(tmp_path / "c", torch.nn.Sequential(torch.nn.Linear(3, 2)))
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         load_model_weights(tmp_path / "nothing", torch.nn.Linear(3, 2))

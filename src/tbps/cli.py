@@ -7,6 +7,9 @@ import os
 import sys
 from pathlib import Path
 
+from .argtypes import non_negative_int, positive_int
+from .errors import ImageReadError
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
@@ -106,10 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("synth", help="render the embedded pedestrian benchmark (CUHK-PEDES layout)")
     s.add_argument("--out", required=True)
     s.add_argument("--preset", default="small", choices=["tiny", "small", "full"])
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--height", type=int)
-    s.add_argument("--width", type=int)
-    s.add_argument("--workers", type=int)
+    s.add_argument("--seed", type=non_negative_int, default=0)
+    s.add_argument("--height", type=positive_int)
+    s.add_argument("--width", type=positive_int)
+    s.add_argument("--workers", type=positive_int)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_synth)
 
@@ -119,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config key, e.g. --set train.epochs=3 (repeatable)")
     t.add_argument("--out", help="run folder (default runs/<config name>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    t.add_argument("--nproc", type=int, default=None,
+    t.add_argument("--nproc", type=positive_int, default=None,
                    help="train with N processes (one per GPU, or gloo on a CPU) via torchrun; "
                         "train.batch_size is the global batch")
     t.add_argument("--quiet", action="store_true")
@@ -147,8 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="generate the small benchmark, train IRRA, evaluate, write an HTML page")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--preset", default="small", choices=["tiny", "small", "full"])
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--epochs", type=int, default=None)
+    d.add_argument("--seed", type=non_negative_int, default=0)
+    d.add_argument("--epochs", type=positive_int, default=None)
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_cmd_demo)
 
@@ -165,12 +168,26 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv
     try:
-        return args.func(args)
-    except (FileNotFoundError, FileExistsError, ValueError, KeyError) as exc:
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
+    except (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError,
+            ValueError, KeyError, ImageReadError) as exc:  # bad input: one line naming it, never a traceback
         if os.environ.get("TBPS_DEBUG"):
             raise
         print(f"tbps {args.command}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _quiet_broken_pipe() -> int:
+    """The reader of our output went away (`tbps search ... --json | head`): stop without a word,
+    as command-line tools do, with the status of a process ended by SIGPIPE (128 + 13)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
+    os.close(devnull)
+    return 141
 
 
 if __name__ == "__main__":

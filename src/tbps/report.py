@@ -7,6 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from .data.transforms import load_image
 from .utils import atomic_write_text
 
 
@@ -28,10 +29,9 @@ def write_results_page(out_dir: str | Path, queries: list[RankedQuery], title: s
     def thumb(path: str) -> str:
         if path not in made:
             name = f"{len(made):05d}.png"
-            with Image.open(path) as im:
-                im = im.convert("RGB")
-                w = max(1, round(im.width * thumb_height / im.height))
-                im.resize((w, thumb_height), Image.BICUBIC).save(thumbs / name)
+            im = load_image(path)
+            w = max(1, round(im.width * thumb_height / im.height))
+            im.resize((w, thumb_height), Image.BICUBIC).save(thumbs / name)
             made[path] = f"thumbs/{name}"
         return made[path]
 

@@ -141,45 +141,49 @@ class _Entry:
 
 
 def load_dataset(
-    name: str, root: str | Path, *, check_images: bool = True, strict: bool = False
+    name: str, root: str | Path, *, check_images: bool = True, strict: bool = False,
+    allow_outside_root: bool = False,
 ) -> Dataset:
     """Read dataset `name` from `root` in its native layout; the one entry point for all data.
 
     `check_images` verifies every image file exists (without opening it); missing ones are
     dropped with a warning, or raise `FileNotFoundError` when all are missing or `strict` is set.
+    An identity in two splits is a warning, an error with `strict`. An image path leading outside
+    the dataset's `imgs/` is an error, a warning with `allow_outside_root`.
     """
     reader = DATASETS.get(name)
-    return reader(root, check_images=check_images, strict=strict)
+    return reader(root, check_images=check_images, strict=strict, allow_outside_root=allow_outside_root)
 
 
 @DATASETS.register("cuhk-pedes")
 def read_cuhk_pedes(
-    root: str | Path, *, check_images: bool = True, strict: bool = False
+    root: str | Path, *, check_images: bool = True, strict: bool = False, allow_outside_root: bool = False
 ) -> Dataset:
     """CUHK-PEDES: `reid_raw.json` (or `CUHK-PEDES.json`) + `imgs/`; ids are 1-based."""
-    return _read(_CUHK, root, check_images=check_images, strict=strict)
+    return _read(_CUHK, root, check_images=check_images, strict=strict, allow_outside_root=allow_outside_root)
 
 
 @DATASETS.register("icfg-pedes")
 def read_icfg_pedes(
-    root: str | Path, *, check_images: bool = True, strict: bool = False
+    root: str | Path, *, check_images: bool = True, strict: bool = False, allow_outside_root: bool = False
 ) -> Dataset:
     """ICFG-PEDES: `ICFG-PEDES.json` (or `ICFG_PEDES.json`) + `imgs/`; train/test only."""
-    return _read(_ICFG, root, check_images=check_images, strict=strict)
+    return _read(_ICFG, root, check_images=check_images, strict=strict, allow_outside_root=allow_outside_root)
 
 
 @DATASETS.register("rstpreid")
 def read_rstpreid(
-    root: str | Path, *, check_images: bool = True, strict: bool = False
+    root: str | Path, *, check_images: bool = True, strict: bool = False, allow_outside_root: bool = False
 ) -> Dataset:
     """RSTPReid: `data_captions.json` (entries use `img_path`) + flat `imgs/`."""
-    return _read(_RSTP, root, check_images=check_images, strict=strict)
+    return _read(_RSTP, root, check_images=check_images, strict=strict, allow_outside_root=allow_outside_root)
 
 
 @DATASETS.register("synth")
-def read_synth(root: str | Path, *, check_images: bool = True, strict: bool = False) -> Dataset:
+def read_synth(root: str | Path, *, check_images: bool = True, strict: bool = False,
+               allow_outside_root: bool = False) -> Dataset:
     """The embedded procedural benchmark, written in the CUHK-PEDES layout (no official stats)."""
-    return _read(_SYNTH, root, check_images=check_images, strict=strict)
+    return _read(_SYNTH, root, check_images=check_images, strict=strict, allow_outside_root=allow_outside_root)
 
 
 # --------------------------------------------------------------------------- locating files
@@ -240,12 +244,21 @@ def _normalise_rel_path(path: str) -> str:
     return path.lstrip("/")
 
 
-def _parse_entries(fmt: _Format, ann: Path, data: Any) -> list[_Entry]:
-    """Validate every entry's fields; any problem is a ValueError naming file, index and field."""
+def _escapes_root(rel: str) -> bool:
+    """Whether a relative image path climbs out of `imgs/` (`../x`, `a/../../x`)."""
+    return os.path.normpath(rel).split("/")[0] == ".."
+
+
+def _parse_entries(fmt: _Format, ann: Path, data: Any, allow_outside_root: bool = False,
+                   notes: list[str] | None = None) -> list[_Entry]:
+    """Validate every entry's fields; any problem is a ValueError naming file, index and field.
+
+    An image path leading outside `imgs/` is refused unless `allow_outside_root`, then noted."""
     if not isinstance(data, list):
         raise ValueError(f"{ann}: expected a JSON list of entries, got {_type_name(data)}")
     allowed = set(fmt.splits)
     entries: list[_Entry] = []
+    outside: list[str] = []
     for i, item in enumerate(data):
         if not isinstance(item, dict):
             raise ValueError(f"{ann}: entry {i}: expected a JSON object, got {_type_name(item)}")
@@ -267,6 +280,11 @@ def _parse_entries(fmt: _Format, ann: Path, data: Any) -> list[_Entry]:
         rel = _normalise_rel_path(path.strip())
         if not rel:
             raise _malformed(ann, i, fmt.path_field, "empty path")
+        if _escapes_root(rel):
+            if not allow_outside_root:
+                raise _malformed(ann, i, fmt.path_field, f"{path!r} leads outside the dataset's imgs/ folder; "
+                                 "set data.allow_outside_root=true to read it anyway")
+            outside.append(f"entry {i}: {path!r}")
         split = item["split"]
         if not isinstance(split, str):
             raise _malformed(ann, i, "split", f"expected a string, got {_type_name(split)}")
@@ -285,7 +303,33 @@ def _parse_entries(fmt: _Format, ann: Path, data: Any) -> list[_Entry]:
                     ann, i, f"captions[{j}]", f"expected a string, got {_type_name(cap)}"
                 )
         entries.append(_Entry(index=i, pid=pid, rel_path=rel, split=split, captions=list(caps)))
+    if outside and notes is not None:
+        notes.append(f"{ann}: {len(outside)} image paths lead outside {ann.parent / 'imgs'} (read because "
+                     f"allow_outside_root is set): {'; '.join(outside[:_SHOW_PATHS])}"
+                     + (" ..." if len(outside) > _SHOW_PATHS else ""))
     return entries
+
+
+def _check_split_identities(entries: list[_Entry], ann: Path, strict: bool, notes: list[str]) -> None:
+    """The same identity in two splits leaks test people into training: a warning, an error if strict."""
+    by_split: dict[str, set[int]] = {}
+    for e in entries:
+        by_split.setdefault(e.split, set()).add(e.pid)
+    names = sorted(by_split)
+    overlaps = []
+    for a_i, a in enumerate(names):
+        for b in names[a_i + 1:]:
+            shared = sorted(by_split[a] & by_split[b])
+            if shared:
+                overlaps.append(f"{len(shared)} in {a} and {b} (e.g. {', '.join(map(str, shared[:_SHOW_PATHS]))}"
+                                + (" ..." if len(shared) > _SHOW_PATHS else "") + ")")
+    if not overlaps:
+        return
+    msg = (f"{ann}: identities appear in more than one split: {'; '.join(overlaps)}; splits should hold "
+           "disjoint people, or results are inflated")
+    if strict:
+        raise ValueError(msg + " (strict)")
+    notes.append(msg)
 
 
 def _merge_duplicate_paths(
@@ -479,17 +523,20 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _read(fmt: _Format, root: str | Path, *, check_images: bool, strict: bool) -> Dataset:
+def _read(fmt: _Format, root: str | Path, *, check_images: bool, strict: bool,
+          allow_outside_root: bool = False) -> Dataset:
     """The shared reader: locate, then parse and build with the garbage collector paused."""
     ann = _locate(fmt, root)
     with _gc_paused():
-        dataset = _read_annotation(fmt, ann, check_images=check_images, strict=strict)
+        dataset = _read_annotation(fmt, ann, check_images=check_images, strict=strict,
+                                   allow_outside_root=allow_outside_root)
     for note in dataset.warnings:
         warnings.warn(note, DatasetWarning, stacklevel=4)
     return dataset
 
 
-def _read_annotation(fmt: _Format, ann: Path, *, check_images: bool, strict: bool) -> Dataset:
+def _read_annotation(fmt: _Format, ann: Path, *, check_images: bool, strict: bool,
+                     allow_outside_root: bool = False) -> Dataset:
     """Parse, check images, build records and check statistics; warnings go in the result."""
     base = ann.parent
     img_dir = str(base / "imgs")
@@ -499,8 +546,9 @@ def _read_annotation(fmt: _Format, ann: Path, *, check_images: bool, strict: boo
     except json.JSONDecodeError as exc:
         raise ValueError(f"{ann}: not valid JSON: {exc}") from exc
     notes: list[str] = []
-    entries = _parse_entries(fmt, ann, data)
+    entries = _parse_entries(fmt, ann, data, allow_outside_root, notes)
     entries = _merge_duplicate_paths(entries, ann, strict, notes)
+    _check_split_identities(entries, ann, strict, notes)
     annotated = entries
     if check_images and entries:
         entries = _check_images(entries, img_dir, fmt, strict, notes)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import gzip
 import heapq
 import json
+import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -90,6 +91,19 @@ class TextTokenizer(Protocol):
     def token_id(self, name: str) -> int: ...
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_text(text: str) -> str:
+    """`text` itself, or ValueError if it holds a lone surrogate ("\\ud800", or command-line bytes
+    that were not UTF-8): not Unicode text, which the Rust tokenizers would refuse with a TypeError."""
+    bad = _SURROGATE.search(text)
+    if bad:
+        raise ValueError(f"text {ascii(text[:80])} holds a character that is not valid Unicode "
+                         f"({ascii(bad.group())} at position {bad.start()})")
+    return text
+
+
 class _HFBackedTokenizer:
     """Shared encode/save logic around a `tokenizers.Tokenizer` without a post-processor.
 
@@ -139,6 +153,7 @@ class _HFBackedTokenizer:
         for t in texts:
             if not isinstance(t, str):
                 raise TypeError(f"texts must be str, got {type(t).__name__}")
+            check_text(t)
         n = len(texts)
         ids = np.full((n, max_len), self.pad_id, dtype=np.int64)
         mask = np.zeros((n, max_len), dtype=bool)

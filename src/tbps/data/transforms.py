@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..errors import ImageNotFoundError, ImageReadError
+
 __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
@@ -26,8 +28,10 @@ __all__ = [
     "BLIP_STD",
     "ImageTransform",
     "build_transform",
+    "ImageReadError",
     "load_image",
     "pil_to_tensor",
+    "to_rgb",
 ]
 
 # OpenAI CLIP preprocessing constants (also used by IRRA and UCA).
@@ -41,23 +45,71 @@ BLIP_MEAN: tuple[float, float, float] = CLIP_MEAN
 BLIP_STD: tuple[float, float, float] = CLIP_STD
 
 
+# Background that transparent pixels are composited over (white, as image viewers show them).
+TRANSPARENT_BACKGROUND = (255, 255, 255)
+
+
+def _to_8bit(values: np.ndarray) -> np.ndarray:
+    """Integer or float grey levels -> uint8, by the range the values can be in.
+
+    Floats in [0, 1] are unit intensities; otherwise values up to 255 are 8-bit levels and values
+    up to 65535 are 16-bit levels (mapped by 255/65535, so an 8-bit image stored as 16 bits,
+    v * 257, comes back exactly); wider ranges are scaled by their maximum.
+    """
+    a = values.astype(np.float64)
+    top = float(np.nanmax(a)) if a.size else 0.0
+    if values.dtype.kind == "f" and top <= 1.0:
+        a = a * 255.0
+    elif top > 65535:
+        a = a * (255.0 / top)
+    elif top > 255:
+        a = a / 257.0
+    return np.clip(np.nan_to_num(np.rint(a)), 0, 255).astype(np.uint8)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB, keeping what the pixels show.
+
+    `convert("RGB")` alone clips 16- and 32-bit grey levels at 255 (a 16-bit PNG becomes near
+    white) and drops transparency to whatever colour hides under it; here high-bit-depth modes
+    (I;16*, I, F) are rescaled to 8 bits and transparent pixels (RGBA, LA, PA, P with a
+    transparency entry) are composited over `TRANSPARENT_BACKGROUND`.
+    """
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        return Image.fromarray(_to_8bit(np.asarray(img)), "L").convert("RGB")
+    if "A" in img.getbands() or "a" in img.getbands() or (img.mode in ("P", "L", "RGB", "1")
+                                                         and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, TRANSPARENT_BACKGROUND + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
 def load_image(path: str | Path) -> Image.Image:
-    """Open an image as RGB, fully decoded now so that a corrupt file fails here, naming its path."""
+    """Open an image as 8-bit RGB (`to_rgb`), fully decoded now so that a corrupt file fails here.
+
+    The one way every command reads an image (training, its image cache, evaluation, indexing,
+    search by image, explain). A missing file raises ImageNotFoundError (a FileNotFoundError), any
+    other failure `ImageReadError`, both naming the path and both kept to one line when raised in a
+    DataLoader worker.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
+        raise ImageNotFoundError(f"image not found: {path}")
     try:
         with Image.open(path) as img:
             img.load()
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise OSError(f"cannot read image {path}: {e}") from e
+            return to_rgb(img)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        reason = "empty file (0 bytes)" if path.stat().st_size == 0 else f"{type(e).__name__}: {e}"
+        raise ImageReadError(f"cannot read image {path}: {reason}") from e
 
 
 def pil_to_tensor(img: Image.Image) -> torch.Tensor:
-    """RGB PIL image -> float32 tensor [3, H, W] in [0, 1]."""
-    if img.mode != "RGB":
-        img = img.convert("RGB")
+    """PIL image -> float32 tensor [3, H, W] in [0, 1] (any mode, through `to_rgb`)."""
+    img = to_rgb(img)
     array = np.asarray(img, dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).to(torch.float32).div_(255.0)
 
@@ -117,8 +169,7 @@ class ImageTransform:
         """Transform one image; in eval mode `gen` is ignored and the result is deterministic."""
         if not isinstance(img, Image.Image):
             raise TypeError(f"expected a PIL image, got {type(img).__name__}")
-        if img.mode != "RGB":
-            img = img.convert("RGB")
+        img = to_rgb(img)
         if img.size != (self.width, self.height):
             img = img.resize((self.width, self.height), Image.Resampling.BICUBIC)
         # Geometry on the uint8 array (cheap, single-threaded), then one fused normalisation.

@@ -25,7 +25,8 @@ def resolve_device(name: str | None) -> torch.device:
 
 def load_data(cfg: dict[str, Any]) -> Dataset:
     d = cfg["data"]
-    dataset = load_dataset(d["dataset"], d["root"], check_images=d["check_images"])
+    dataset = load_dataset(d["dataset"], d["root"], check_images=d["check_images"], strict=d["strict"],
+                           allow_outside_root=d["allow_outside_root"])
     if d["val_from_train"]:
         dataset = hold_out_validation(dataset, float(d["val_from_train"]))
     return dataset

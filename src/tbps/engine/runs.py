@@ -9,7 +9,8 @@ import torch
 
 from ..methods import Method
 from .build import build_model, build_tokenizer, build_transforms, image_size_of, load_data, resolve_device
-from .checkpoint import load_model_weights, resolve_checkpoint
+from .checkpoint import CheckpointError, load_model_weights, read_meta, resolve_checkpoint
+from .config_types import RUN_KEYS, check_config_types
 from .evaluator import evaluate
 from .experiment import load_experiment_config
 
@@ -56,12 +57,14 @@ def find_checkpoint(path: str | Path, which: str | None = None) -> tuple[Path, P
 def load_run(path: str | Path, which: str | None = None, device: str | None = None) -> LoadedRun:
     run_dir, ckpt = find_checkpoint(path, which)
     cfg = load_experiment_config(run_dir / "config.yaml")  # strict: a stale or edited key is refused
+    check_config_types(cfg, RUN_KEYS, source=str(run_dir / "config.yaml"))
+    meta = read_meta(ckpt)
+    num_classes = meta.get("num_classes")
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise CheckpointError(f"{ckpt / 'meta.json'}: num_classes must be a positive integer, got {num_classes!r}")
     tokenizer = build_tokenizer(cfg, None, run_dir)
-    import json
-
-    meta = json.loads((ckpt / "meta.json").read_text())
-    method = build_model(cfg, tokenizer, int(meta["num_classes"]), load_pretrained=False)  # trained weights follow
-    load_model_weights(ckpt, method)
+    method = build_model(cfg, tokenizer, num_classes, load_pretrained=False)  # trained weights follow
+    load_model_weights(ckpt, method, expect_method=method.name)
     dev = resolve_device(device or cfg["train"]["device"])
     method.to(dev).eval()
     return LoadedRun(run_dir, ckpt, cfg, tokenizer, method, meta, dev)

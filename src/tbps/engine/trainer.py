@@ -29,7 +29,8 @@ from ..data.loader import (EpochSampler, ImageCache, ShardedBatchSampler, TrainC
                            warm_collate_extras)
 from ..utils import JsonlLogger, seed_everything
 from .build import build_model, build_tokenizer, build_transforms, image_size_of, load_data, resolve_device
-from .checkpoint import load_model_weights, load_trainer_state, resolve_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_model_weights, load_trainer_state, resolve_checkpoint, save_checkpoint
+from .config_types import TRAIN_KEYS, check_config_types
 from .distributed import DistInfo, all_true, barrier, cleanup_distributed, init_distributed, reduce_mean
 from .evaluator import evaluate
 
@@ -236,6 +237,7 @@ def train(cfg: dict[str, Any], run_dir: str | Path, resume: bool = False, progre
 
     Under torchrun every process calls this; rank 0 alone writes logs and checkpoints.
     """
+    check_config_types(cfg, TRAIN_KEYS)  # before any data is read or anything is written
     tcfg = cfg["train"]
     dist_info = init_distributed(tcfg["dist_backend"], tcfg["device"])
     summary = _train(cfg, Path(run_dir), resume, progress, dist_info)
@@ -258,7 +260,6 @@ def _train(cfg: dict[str, Any], run_dir: Path, resume: bool, progress: bool, dis
     barrier()  # every rank has checked the folder before rank 0 writes into it
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
     seed_everything(seed)
     device = train_device(tcfg, dist_info)
     amp = check_amp(tcfg["amp"], device)
@@ -294,15 +295,21 @@ def _train(cfg: dict[str, Any], run_dir: Path, resume: bool, progress: bool, dis
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_r1": -1.0, "best_epoch": None}
-    if resume_from is not None:
-        load_model_weights(resume_from, method)
+    if resume_from is not None:  # everything is checked before the run folder is written to
+        load_model_weights(resume_from, method, expect_method=method.name)
         ts = load_trainer_state(resume_from)
-        optimizer.load_state_dict(ts["optimizer"])
-        scheduler.load_state_dict(ts["scheduler"])
-        scaler.load_state_dict(ts["scaler"])
+        try:
+            optimizer.load_state_dict(ts["optimizer"])
+            scheduler.load_state_dict(ts["scheduler"])
+            scaler.load_state_dict(ts["scaler"])
+        except (ValueError, KeyError, RuntimeError) as err:
+            raise CheckpointError(f"trainer state {resume_from / 'trainer_state.pt'} does not fit this config's "
+                                  f"optimizer ({err}); resume with the run's own config.yaml") from err
         state.update(ts["counters"])
         torch.set_rng_state(ts["torch_rng"])
         log(f"resuming from {resume_from} at epoch {state['epoch']} step {state['step_in_epoch']}")
+    if main:
+        save_config(cfg, run_dir / "config.yaml")
 
     logger = JsonlLogger(run_dir / "log.jsonl") if main else None
     tb = _tensorboard(run_dir / "tb") if main else None

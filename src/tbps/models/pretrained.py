@@ -104,7 +104,10 @@ def load_pretrained(model: nn.Module, path: str | Path, *, allow_missing: Iterab
 def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, path: str = "<state dict>",
                source: str = "in memory", allow_missing: Iterable[str] = (),
                pos_interpolation: str = "bicubic") -> LoadReport:
-    layout = detect_layout(state)
+    try:
+        layout = detect_layout(state)
+    except PretrainedLoadError as err:
+        raise PretrainedLoadError(f"{path}: {err}") from None
     converted, ignored, left = convert_state_dict(state, layout)
     backbone = _backbone_of(model)
     family = backbone.cfg.family

@@ -93,27 +93,68 @@ def _is_torchscript(path: Path) -> bool:
 
 
 def _read_file(path: Path, what: str, trust_pickle: bool) -> tuple[dict[str, torch.Tensor], str]:
+    if path.stat().st_size == 0:
+        raise PretrainedLoadError(f"{what}: {path} is empty (0 bytes), not a checkpoint")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return _as_state_dict(load_file(str(path)), path, what), "safetensors file"
+        try:
+            return _as_state_dict(load_file(str(path)), path, what), "safetensors file"
+        except (SafetensorError, OSError) as err:
+            raise PretrainedLoadError(f"{what}: {path} is not a readable safetensors file ({err}): truncated "
+                                      "or not a checkpoint") from None
     if _is_torchscript(path):
         with warnings.catch_warnings():  # torch.jit is deprecated, but OpenAI distributes CLIP this way
             warnings.simplefilter("ignore", DeprecationWarning)
             module = torch.jit.load(str(path), map_location="cpu")
         return _as_state_dict(dict(module.state_dict()), path, what), "TorchScript archive"
+    not_torch = _not_a_torch_file(path)
+    if not_torch:
+        raise PretrainedLoadError(f"{what}: {path} is not a PyTorch checkpoint ({not_torch}); expected a file "
+                                  "written by torch.save, a TorchScript archive, a .safetensors file or a Hugging "
+                                  "Face model folder")
+    unreadable = (RuntimeError, EOFError, OSError, IndexError, KeyError, ValueError, pickle.UnpicklingError)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        # "Unsupported global": real Python objects besides tensors. Anything else is a damaged file.
+        if "Unsupported global" not in str(err):
+            raise PretrainedLoadError(f"{what}: cannot read {path} as a PyTorch file: it is truncated or "
+                                      f"corrupt ({_weights_only_reason(err)})") from None
         if not trust_pickle:
             raise PretrainedLoadError(
                 f"{what}: {path} holds Python objects besides tensors, which are only unpickled from trusted "
                 f"files; set backbone.pretrained_trust_pickle: true (load_pretrained(..., trust_pickle=True)) "
-                f"if you trust it ({str(err).splitlines()[0]})") from None
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError) as err:
-        raise PretrainedLoadError(f"{what}: cannot read {path} as a PyTorch file: {err}") from None
+                f"if you trust it ({_weights_only_reason(err)})") from None
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except unreadable as err2:
+            raise PretrainedLoadError(f"{what}: cannot read {path} as a PyTorch file: {err2}") from None
+    except unreadable as err:
+        raise PretrainedLoadError(f"{what}: cannot read {path} as a PyTorch file: it is truncated or corrupt "
+                                  f"({type(err).__name__}: {err})") from None
     return _as_state_dict(obj, path, what), "state dict (torch.save)"
+
+
+def _not_a_torch_file(path: Path) -> str | None:
+    """Why `path` cannot be a torch.save file (a zip archive, or a pickle for the legacy format), or None."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # a zip archive (maybe truncated) or a legacy pickle
+        return None
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = ""
+    if text and all(c.isprintable() or c.isspace() for c in text):
+        return f"it is a text file starting {text.strip()[:30]!r}"
+    return "neither a zip archive nor a pickle"
+
+
+def _weights_only_reason(err: Exception) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if "Unsupported" in ln or "WeightsUnpickler error" in ln]
+    return next((ln for ln in lines if "Unsupported" in ln), str(err).splitlines()[0] if str(err) else "")
 
 
 _WRAPPER_KEYS = ("model", "state_dict", "module", "model_state_dict", "net")

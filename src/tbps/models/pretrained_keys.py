@@ -74,9 +74,9 @@ def _openai_clip(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor
     left: list[str] = []
     for k, v in state.items():
         if k == "visual.proj":
-            out["backbone.image_proj.weight"] = v.t()  # x @ proj == F.linear(x, proj.T)
+            out["backbone.image_proj.weight"] = v.t() if v.ndim == 2 else v  # x @ proj == F.linear(x, proj.T)
         elif k == "text_projection":
-            out["backbone.text_proj.weight"] = v.t()
+            out["backbone.text_proj.weight"] = v.t() if v.ndim == 2 else v  # other ranks: reported as a shape mismatch
         elif k.startswith("visual."):
             out["backbone." + k] = v
         elif k == "token_embedding.weight":
@@ -167,7 +167,7 @@ def _blip(state: dict[str, torch.Tensor], hf: bool) -> tuple[dict[str, torch.Ten
             if name == "class_embedding":  # [1, 1, D] -> [D]
                 v = v.reshape(-1)
             elif name == "positional_embedding":  # [1, 1 + P, D] -> [1 + P, D]
-                v = v.reshape(-1, v.shape[-1])
+                v = v.reshape(-1, v.shape[-1]) if v.ndim else v
             out["backbone.visual." + name] = v
         elif k.startswith(norm):
             out["backbone.visual.ln_post." + k[len(norm):]] = v

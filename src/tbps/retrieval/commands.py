@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..argtypes import float_in_range, non_negative_int, port_number, positive_int
+
 
 def _print_json(obj: object) -> None:
     print(json.dumps(obj, indent=2, default=str))
@@ -34,6 +36,10 @@ def _cmd_index_build(args: argparse.Namespace) -> int:
                          progress=not args.quiet, log=log)
     _report_skipped(result["skipped"])
     _print_json({k: v for k, v in result.items() if k != "skipped"} | {"skipped": len(result["skipped"])})
+    if not result["images"]:  # image files were there, none could be read
+        print(f"tbps index build: error: the index in {args.out} holds no images: all {len(result['skipped'])} "
+              f"image files under {args.gallery} are unreadable (listed above)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -119,26 +125,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _int_at_least(minimum: int):
-    """An argparse type: an integer >= minimum, with a message naming the value."""
-    wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected {wanted}, got {value}")
-        return value
-
-    return parse
-
-
-_positive = _int_at_least(1)
-_non_negative = _int_at_least(0)
-
-
 def add_commands(sub: argparse._SubParsersAction) -> None:
     from . import defaults as fx
 
@@ -149,14 +135,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("gallery", help="folder of images (jpg, png, bmp, webp; searched recursively)")
     b.add_argument("--model", required=True, help="run folder (uses checkpoints/best) or checkpoint folder")
     b.add_argument("--out", required=True, help="index folder to create (a killed build resumes here)")
-    b.add_argument("--batch-size", type=_positive, default=64)
+    b.add_argument("--batch-size", type=positive_int, default=64)
     b.add_argument("--kind", default="auto", choices=fx.KINDS,
                    help="faiss index: auto (exact below --approx-threshold images, ivf above), flat, ivf, hnsw")
-    b.add_argument("--approx-threshold", type=_positive, default=fx.DEFAULT_APPROX_THRESHOLD,
+    b.add_argument("--approx-threshold", type=positive_int, default=fx.DEFAULT_APPROX_THRESHOLD,
                    help=f"gallery size from which auto uses an approximate index (default {fx.DEFAULT_APPROX_THRESHOLD})")
-    b.add_argument("--recall-target", type=float, default=fx.DEFAULT_RECALL_TARGET,
+    b.add_argument("--recall-target", type=float_in_range(0.0, 1.0, low_inclusive=False),
+                   default=fx.DEFAULT_RECALL_TARGET,
                    help="approximate index: widen the search until recall@10 vs exact reaches this (default 0.95)")
-    b.add_argument("--workers", type=int, default=0, help="image-decoding worker processes")
+    b.add_argument("--workers", type=non_negative_int, default=0, help="image-decoding worker processes")
     b.add_argument("--device", default=None, help="cpu, cuda, ... (default: the run's)")
     b.add_argument("--overwrite", action="store_true", help="replace an existing index in --out")
     b.add_argument("--quiet", action="store_true")
@@ -166,8 +153,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     a.add_argument("index")
     a.add_argument("paths", nargs="+")
     a.add_argument("--model", default=None, help="the index's model from a new place (must be the same weights)")
-    a.add_argument("--batch-size", type=_positive, default=64)
-    a.add_argument("--workers", type=int, default=0)
+    a.add_argument("--batch-size", type=positive_int, default=64)
+    a.add_argument("--workers", type=non_negative_int, default=0)
     a.add_argument("--device", default=None)
     a.add_argument("--quiet", action="store_true")
     a.set_defaults(func=_cmd_index_add)
@@ -185,8 +172,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("search", help="rank an index's images for a text description")
     s.add_argument("index")
     s.add_argument("text")
-    s.add_argument("-k", type=_positive, default=10, help="number of results (default 10)")
-    s.add_argument("--rerank", type=_non_negative, default=None, metavar="K",
+    s.add_argument("-k", type=positive_int, default=10, help="number of results (default 10)")
+    s.add_argument("--rerank", type=non_negative_int, default=None, metavar="K",
                    help="re-score the top K with the model's second stage, for methods whose capabilities "
                         "declare re-ranking (`tbps index info` lists the index's capabilities)")
     s.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -198,8 +185,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     v = sub.add_parser("serve", help="search service (FastAPI) and web page for an index")
     v.add_argument("index")
     v.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
-    v.add_argument("--port", type=int, default=8000)
-    v.add_argument("--max-k", type=_positive, default=100, help="largest k a request may ask for")
+    v.add_argument("--port", type=port_number, default=8000)
+    v.add_argument("--max-k", type=positive_int, default=100, help="largest k a request may ask for")
     v.add_argument("--model", default=None)
     v.add_argument("--device", default=None)
     v.add_argument("--quiet", action="store_true")
@@ -209,6 +196,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("run", help="run folder (uses checkpoints/best) or checkpoint folder")
     e.add_argument("--onnx", required=True, metavar="OUT_DIR", help="folder for the .onnx files and export.json")
     e.add_argument("--checkpoint", default=None, help="best (default) or last, when RUN is a run folder")
-    e.add_argument("--opset", type=int, default=17)
+    e.add_argument("--opset", type=positive_int, default=17)
     e.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime vs torch comparison")
     e.set_defaults(func=_cmd_export)

@@ -81,8 +81,8 @@ class _Images(Dataset):
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
         try:
             return i, self.transform(load_image(self.records[i].path), None), None
-        except Exception as exc:  # noqa: BLE001 - any decoder failure skips the file
-            return i, None, f"{type(exc).__name__}: {exc}"
+        except OSError as exc:  # ImageReadError (undecodable) or FileNotFoundError (vanished): skip and list
+            return i, None, str(exc)
 
 
 def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> list[tuple[int, torch.Tensor | None, str | None]]:

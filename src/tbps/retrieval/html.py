@@ -8,6 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..data.transforms import load_image
 from ..utils import atomic_write_text
 from .searcher import SearchResults
 
@@ -15,13 +16,12 @@ from .searcher import SearchResults
 def thumbnail_data_uri(path: str | Path, max_height: int = 256, max_width: int = 256) -> str | None:
     """A JPEG thumbnail as a data URI, or None when the file cannot be read any more."""
     try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            img.thumbnail((max_width, max_height), Image.BICUBIC)
-            buf = io.BytesIO()
-            img.save(buf, format="JPEG", quality=85)
-    except Exception:  # noqa: BLE001 - a vanished or broken file shows as "missing"
+        img = load_image(path)
+    except OSError:  # a vanished or undecodable file shows as "missing"
         return None
+    img.thumbnail((max_width, max_height), Image.BICUBIC)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=85)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 

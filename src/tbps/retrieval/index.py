@@ -43,10 +43,10 @@ from tqdm.auto import tqdm
 
 from ..utils import atomic_write_bytes, atomic_write_json
 from . import faiss_index as fx
-from .gallery import FileRecord, image_batches, scan_images
+from .gallery import IMAGE_EXTENSIONS, FileRecord, image_batches, scan_images
 from .identity import ModelMismatchError, check_same_model, model_identity
 from .storage import (BUILD_DIR, FORMAT, MANIFEST, VERSION, IndexFolderError, ShardWriter, all_items,  # noqa: F401
-                      collect_garbage, features_meta, index_lock, now, read_manifest, read_shard, summary,
+                      collect_garbage, features_meta, index_lock, now, read_faiss, read_manifest, read_shard, summary,
                       write_shard)
 
 DEFAULT_BATCH = 64
@@ -103,6 +103,9 @@ def build_index(gallery: str | Path, model: Any, out: str | Path, *, batch_size:
     fx.choose_kind(0, kind, threshold)  # validate early
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not scan_images([gallery]):  # an empty index is surely a wrong folder: refuse before writing
+        raise ValueError(f"no images to index in {gallery}: no {', '.join(IMAGE_EXTENSIONS)} files under it "
+                         "(hidden files and folders are ignored)")
     run = _load(model, device)
     out.mkdir(parents=True, exist_ok=True)
     with index_lock(out):
@@ -272,7 +275,7 @@ def _update_faiss(out: Path, manifest: dict[str, Any], shards: list[dict[str, An
     wanted = fx.choose_kind(len(ids), info.get("requested", "auto"), info["threshold"])
     if wanted == "ivf" and len(ids) < 39:
         wanted = "flat"
-    index = fx.from_bytes((out / info["file"]).read_bytes(), info) if wanted == info["kind"] else None
+    index = read_faiss(out, info) if wanted == info["kind"] else None
     if index is not None and drop_ids and not fx.remove(index, info, np.array(sorted(drop_ids))):
         index = None
     if index is not None and add_emb is not None and len(add_emb):

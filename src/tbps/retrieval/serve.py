@@ -22,7 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Path as PathParam
+from fastapi import FastAPI, HTTPException, Path as PathParam, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
@@ -102,6 +103,7 @@ def create_app(index: str | Path | Searcher, *, model: str | Path | None = None,
                   description=f"Text-based person search over {info['images']} images ({info['method']} model).")
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.state.searcher = searcher
+    app.add_exception_handler(RequestValidationError, _validation_error)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> HTMLResponse:
@@ -123,7 +125,10 @@ def create_app(index: str | Path | Searcher, *, model: str | Path | None = None,
         if req.rerank and not searcher.supports_rerank:
             raise HTTPException(422, f"rerank={req.rerank}: this index's {searcher.method_name} model declares "
                                      "no re-ranking")
-        res = searcher.search(req.text, k=req.k, rerank=req.rerank or None)
+        try:
+            res = searcher.search(req.text, k=req.k, rerank=req.rerank or None)
+        except ValueError as err:  # the searcher's own checks, e.g. text that is not valid Unicode
+            raise HTTPException(422, str(err)) from err
         out = res.to_dict()
         for h in out["hits"]:
             h["image_url"] = f"/images/{h['id']}"
@@ -158,6 +163,23 @@ def create_app(index: str | Path | Searcher, *, model: str | Path | None = None,
 
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
     return app
+
+
+def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 naming each bad field and its value, the value written with ascii(): FastAPI's default
+    handler echoes the raw input, and a value JSON cannot encode (a lone surrogate "\\ud800") then
+    turned a bad request into a 500."""
+    problems = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        field = ".".join(loc) or "body"
+        value = "" if err.get("type") in ("missing", "json_invalid") or "input" not in err else ascii(err["input"])
+        value = value if len(value) <= 80 else value[:77] + "..."
+        problems.append({"field": field, "message": str(err.get("msg", "invalid value")),
+                         **({"value": value} if value else {})})
+    detail = "; ".join(f"field '{p['field']}'" + (f" (got {p['value']})" if "value" in p else "") + f": {p['message']}"
+                       for p in problems)
+    return JSONResponse({"detail": detail, "errors": problems}, status_code=422)
 
 
 def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, model: str | Path | None = None,

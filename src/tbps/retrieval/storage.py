@@ -55,14 +55,64 @@ def read_manifest(index_dir: str | Path) -> dict[str, Any]:
             if (index_dir / BUILD_DIR / "plan.json").is_file() else ""
         raise FileNotFoundError(f"{index_dir} is not a tbps index: {path} is missing{hint}")
     try:
-        m = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise IndexFolderError(f"{path} is not valid JSON: {err}") from err
-    if m.get("format") != FORMAT:
-        raise IndexFolderError(f"{path} is not a tbps index manifest (format {m.get('format')!r})")
-    if int(m.get("version", 0)) > VERSION:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise IndexFolderError(f"{path} is not valid JSON: {err}{rebuild_hint(index_dir)}") from err
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        got = m.get("format") if isinstance(m, dict) else f"a JSON {type(m).__name__}"
+        raise IndexFolderError(f"{path} is not a tbps index manifest (format {got!r}){rebuild_hint(index_dir)}")
+    problem = _manifest_problem(m)
+    if problem:
+        raise IndexFolderError(f"{path} is damaged: {problem}{rebuild_hint(index_dir)}")
+    if m["version"] > VERSION:
         raise IndexFolderError(f"{path} has index format version {m['version']}; this tbps reads up to {VERSION}")
     return m
+
+
+def read_faiss(index_dir: Path, info: dict[str, Any]) -> Any:
+    """The FAISS index named by the manifest's `faiss` entry; a missing or damaged file is named."""
+    path = index_dir / info["file"]
+    if not path.is_file():
+        raise IndexFolderError(f"faiss index {path} named in {index_dir / MANIFEST} is missing"
+                               f"{rebuild_hint(index_dir)}")
+    try:
+        return fx.from_bytes(path.read_bytes(), info)
+    except RuntimeError as err:  # faiss's own reader: truncated or not a faiss file
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise IndexFolderError(f"faiss index {path} is damaged ({first}){rebuild_hint(index_dir)}") from err
+
+
+def rebuild_hint(index_dir: Path) -> str:
+    return (f"; rebuild it with `tbps index build GALLERY --model RUN --out {index_dir} --overwrite` "
+            "(or restore the folder from a copy)")
+
+
+# What every reader of a manifest relies on: key -> (type, what it is).
+_MANIFEST_FIELDS: dict[str, tuple[type, str]] = {
+    "version": (int, "an integer"), "generation": (int, "an integer"), "count": (int, "an integer"),
+    "next_id": (int, "an integer"), "dim": (int, "an integer"), "gallery_root": (str, "a path"),
+    "model": (dict, "an object"), "shards": (list, "a list"), "faiss": (dict, "an object"),
+}
+
+
+def _manifest_problem(m: dict[str, Any]) -> str | None:
+    """The first field of a manifest that is missing or of the wrong shape, described; None if all fit."""
+    for key, (kind, what) in _MANIFEST_FIELDS.items():
+        if key not in m:
+            return f"field {key!r} is missing"
+        if not isinstance(m[key], kind) or isinstance(m[key], bool):
+            return f"field {key!r} should be {what}, got {json.dumps(m[key])[:60]}"
+    for j, shard in enumerate(m["shards"]):
+        if not isinstance(shard, dict) or not isinstance(shard.get("file"), str) \
+                or not isinstance(shard.get("count"), int):
+            return f"shards[{j}] should be an object with 'file' and 'count', got {json.dumps(shard)[:60]}"
+    for key in ("file", "kind"):
+        if not isinstance(m["faiss"].get(key), str):
+            return f"faiss.{key} should be a string, got {json.dumps(m['faiss'].get(key))[:60]}"
+    for key in ("checkpoint", "method"):
+        if not isinstance(m["model"].get(key), str):
+            return f"model.{key} should be a string, got {json.dumps(m['model'].get(key))[:60]}"
+    return None
 
 
 def shard_name(gen: int, j: int) -> str:
@@ -91,7 +141,7 @@ def read_shard(index_dir: Path, shard: dict[str, Any], keys: Iterable[str] | Non
     except FileNotFoundError:
         raise IndexFolderError(f"index file {path} named in {index_dir / MANIFEST} is missing") from None
     except Exception as err:  # noqa: BLE001 - safetensors raises several types for corrupt files
-        raise IndexFolderError(f"cannot read index shard {path}: {err}") from err
+        raise IndexFolderError(f"cannot read index shard {path}: {err}{rebuild_hint(index_dir)}") from err
     if len(items) != len(tensors["ids"]):
         raise IndexFolderError(f"index shard {path} is inconsistent: {len(items)} items, {len(tensors['ids'])} rows")
     return tensors, items
@@ -222,11 +272,7 @@ class IndexReader:
         else:
             self._order = None
         self.stored = set(features) | set(self.vectors)
-        finfo = self.manifest["faiss"]
-        path = self.dir / finfo["file"]
-        if not path.is_file():
-            raise FileNotFoundError(f"faiss index {path} named in {self.dir / 'manifest.json'} is missing")
-        self.faiss = fx.from_bytes(path.read_bytes(), finfo)
+        self.faiss = read_faiss(self.dir, self.manifest["faiss"])
         if self.faiss.ntotal != len(self.ids):
             raise ValueError(f"index {self.dir} is inconsistent: faiss holds {self.faiss.ntotal} vectors, "
                              f"the shards {len(self.ids)}")
