@@ -263,13 +263,14 @@ def _clustered(n, d=32, clusters=50, seed=0):
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+@pytest.mark.parametrize("kind", ["ivf", "ivf_pca", "hnsw"])
 def test_approximate_index_measures_and_reaches_its_recall(kind):
     emb = _clustered(4000)
     ids = np.arange(10, 4010)
     index, info = fx.build(emb, ids, kind=kind, recall_target=0.95)
     assert info["kind"] == kind and info["recall_at_10"] >= 0.95 and info["recall_queries"] == 500
-    breadth = "nprobe" if kind == "ivf" else "efSearch"
+    assert info["recall_source"] == "gallery+noise" and "optimistic" in info["recall_note"]
+    breadth = "efSearch" if kind == "hnsw" else "nprobe"
     assert info[breadth] in [int(v) for v in info[f"recall_by_{breadth}"]]
     q = fx.recall_queries(emb, 100, seed=5)
     assert fx.recall_at_k(fx.search(index, q, 10)[1], fx.exact_topk(emb, ids, q, 10)) >= 0.9
@@ -279,12 +280,49 @@ def test_approximate_index_measures_and_reaches_its_recall(kind):
     assert fx.remove(index, info, np.array([10, 11])) == (kind == "ivf")
 
 
-def test_auto_kind_switches_to_ivf_at_the_threshold_unless_exact_is_as_fast():
-    assert fx.choose_kind(49_999) == "flat" and fx.choose_kind(50_000) == "ivf"
+def _lowrank(n, seed, latent=8, d=64, clusters=40, spread=0.5):
+    """Points (or, with a larger spread, queries) around shared centres in a low-dimensional subspace."""
+    rng = np.random.default_rng(0)
+    centres, proj = rng.standard_normal((clusters, latent)), rng.standard_normal((latent, d))
+    rng = np.random.default_rng(seed)
+    x = (centres[rng.integers(0, clusters, n)] + spread * rng.standard_normal((n, latent))) @ proj
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_ivf_pca_projects_to_the_data_rank_and_returns_exact_scores():
+    emb, ids = _lowrank(6000, 1), np.arange(6000)
+    index, info = fx.build(emb, ids, kind="ivf_pca", recall_target=0.95)
+    assert info["pca_dim"] == 8 and info["k_factor"] == fx.REFINE_K_FACTOR  # 8 latent dims of 64
+    q = _lowrank(50, 2, spread=0.75)
+    scores, found = fx.search(index, q, 10)
+    np.testing.assert_allclose(scores, np.take_along_axis(q @ emb.T, found, axis=1), atol=1e-5)  # re-ranked exactly
+
+
+def test_recall_on_query_like_vectors_is_what_searches_then_get():
+    """Stored recall from query-like vectors (held-out draws, as text embeddings of captions would
+    be) matches recall measured on fresh queries; noisy gallery points would overstate it."""
+    emb, ids = _lowrank(8000, 1), np.arange(8000)
+    calib, fresh = _lowrank(500, 2, spread=0.75), _lowrank(500, 3, spread=0.75)
+    truth = fx.exact_topk(emb, ids, fresh, 10)
+    for target in (0.9, 0.98):
+        index, info = fx.build(emb, ids, kind="ivf_pca", recall_target=target, queries=calib)
+        assert info["recall_source"] == "queries" and "captions" in info["recall_note"]
+        assert info["recall_at_10"] >= target and info["recall_queries"] == 500
+        measured = fx.recall_at_k(fx.search(index, fresh, 10)[1], truth)
+        assert abs(measured - info["recall_at_10"]) <= 0.02, (target, measured, info["recall_by_nprobe"])
+        # the breadth is the smallest tried one that met the target
+        met = [int(v) for v, r in info["recall_by_nprobe"].items() if r >= target]
+        assert info["nprobe"] == min(met)
+    with pytest.raises(ValueError, match="dim 3"):
+        fx.build(emb, ids, kind="ivf", queries=np.ones((4, 3), np.float32))
+
+
+def test_auto_kind_switches_to_ivf_pca_at_the_threshold_unless_exact_is_as_fast():
+    assert fx.choose_kind(49_999) == "flat" and fx.choose_kind(50_000) == "ivf_pca"
     with pytest.raises(ValueError, match="unknown index kind 'annoy'"):
         fx.choose_kind(10, "annoy")
-    _, info = fx.build(_clustered(4000), np.arange(4000), kind="auto", threshold=1000)
-    assert info["kind"] == "ivf" and info["recall_at_10"] >= 0.95 and info["nprobe"] < info["nlist"] / 2
+    _, info = fx.build(_clustered(4000), np.arange(4000), kind="auto", threshold=1000, recall_target=0.95)
+    assert info["kind"] == "ivf_pca" and info["recall_at_10"] >= 0.95 and info["nprobe"] < info["nlist"] / 2
     # unstructured vectors: ivf would have to visit most cells, so auto keeps exact search
     noise = np.random.default_rng(1).standard_normal((2000, 32)).astype(np.float32)
     _, info = fx.build(noise / np.linalg.norm(noise, axis=1, keepdims=True), np.arange(2000), threshold=1000)
