@@ -201,7 +201,8 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
     for r in rows:
         params = ", ".join(f"{k} {r[k]}" for k in PARAMS if k in r) or "exact"
         noisy = f"{r['gallery_noise_recall_at_10']:.3f}" if "gallery_noise_recall_at_10" in r else ""
-        lines.append(f"| {r.get('data', '')} | {r['n']:,} | {r['kind']} | {r['build_s']} | {r['tune_s']} | {r['index_mb']} | "
+        kind = f"{r['requested']} -> {r['kind']}" if "requested" in r else r["kind"]
+        lines.append(f"| {r.get('data', '')} | {r['n']:,} | {kind} | {r['build_s']} | {r['tune_s']} | {r['index_mb']} | "
                      f"{r['rss_delta_mb']} | {r['p50_ms']} | {r['p99_ms']} | {r['batch_qps']} | "
                      f"{r['recall_at_10']:.3f} | {r['build_time_recall_at_10']:.3f} | {noisy} | {params} |")
     lines += ["", "build = index construction (ivf: k-means training + adding; milvus: inserting through pymilvus "
