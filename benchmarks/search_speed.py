@@ -154,7 +154,7 @@ def bench_milvus(emb: np.ndarray, queries: np.ndarray, truth: np.ndarray, latenc
         t0 = time.perf_counter()
         store = MilvusStore(lite_uri(tmp), "bench")
         store.create(emb.shape[1])
-        store.upsert(ids, emb, files, batch=rows_per_request(emb.shape[1]))
+        store.upsert(ids, emb, files, batch=rows_per_request(emb.shape[1]), replace_files=False)  # a bulk load
         store.flush()
         store.search(queries[:1], 10)  # the first search loads the segments
         total = time.perf_counter() - t0

@@ -129,7 +129,7 @@ class MilvusStore:
         params = self.client.prepare_index_params()
         kind = index_type or ("FLAT" if is_lite(self.uri) else "AUTOINDEX")
         params.add_index("emb", index_type=kind, metric_type="IP", params=dict(index_params or {}))
-        params.add_index("file", index_type="INVERTED") if not is_lite(self.uri) else None
+        params.add_index("file", index_type="INVERTED")  # the by-file lookup of `upsert`
         self.client.create_collection(self.collection, schema=schema, index_params=params)
         self.client.load_collection(self.collection)
         self._dim, self._extras = int(dim), {k: int(v) for k, v in extras.items()}
@@ -155,8 +155,12 @@ class MilvusStore:
     # ------------------------------------------------------------------ writes
 
     def upsert(self, ids: np.ndarray, emb: np.ndarray, files: Sequence[str],
-               extras: dict[str, np.ndarray] | None = None, batch: int = DEFAULT_BATCH) -> int:
-        """Write rows by id; a file already stored under another id loses that entry. -> rows written."""
+               extras: dict[str, np.ndarray] | None = None, batch: int = DEFAULT_BATCH,
+               replace_files: bool = True) -> int:
+        """Write rows by id; a file already stored under another id loses that entry. -> rows written.
+
+        `replace_files=False` skips the by-file lookup (one query per batch) for a caller that
+        knows no other id holds these files, e.g. a bulk load from a manifest."""
         ids = np.asarray(ids, dtype=np.int64)
         emb = _f32(emb)
         dim, fields = self._schema()
@@ -174,7 +178,7 @@ class MilvusStore:
             chunk_ids, chunk_files = ids[sl], list(files[sl])
             stale = [r["id"] for r in self.client.query(
                 self.collection, filter=f"file in [{', '.join(_quote(f) for f in chunk_files)}]",
-                output_fields=["id"]) if int(r["id"]) not in set(chunk_ids.tolist())]
+                output_fields=["id"]) if int(r["id"]) not in set(chunk_ids.tolist())] if replace_files else []
             if stale:
                 self.client.delete(self.collection, ids=[int(i) for i in stale])
             rows = [{"id": int(i), "emb": e.tolist(), "file": f, **{k: v[s + j].tolist() for k, v in extras.items()}}
