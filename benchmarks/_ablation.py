@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from tbps.config import flatten_keys, get, load_config
+from tbps.config import flatten_keys, get
+from tbps.engine.experiment import load_experiment_config
 from tbps.engine.runs import evaluate_run
 from tbps.engine.trainer import train
 from tbps.utils import atomic_write_json, atomic_write_text, machine_info
@@ -74,7 +75,7 @@ def check_same_config(cfg: dict[str, Any], run_dir: Path) -> None:
     saved = run_dir / "config.yaml"
     if not saved.is_file():
         return
-    old, new = _leaves(load_config(saved)), _leaves(cfg)
+    old, new = _leaves(load_experiment_config(saved)), _leaves(cfg)
     diff = sorted(k for k in old.keys() | new.keys() if old.get(k, "<absent>") != new.get(k, "<absent>"))
     if diff:
         shown = ", ".join(f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in diff[:5])
@@ -85,7 +86,7 @@ def check_same_config(cfg: dict[str, Any], run_dir: Path) -> None:
 def run_one(config: str, overrides: list[str], run_dir: Path, progress: bool) -> dict[str, Any]:
     """Train (unless finished) and evaluate on test; the result is cached in run_dir/test.json."""
     result_file = run_dir / "test.json"
-    cfg = load_config(config, overrides, search_dirs=[CONFIG_DIR])
+    cfg = load_experiment_config(config, overrides, search_dirs=[CONFIG_DIR])
     check_same_config(cfg, run_dir)
     if result_file.is_file():
         return json.loads(result_file.read_text())

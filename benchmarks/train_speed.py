@@ -62,8 +62,7 @@ def _child(spec: dict) -> dict:
     """One (method, precision) measurement; runs in its own process."""
     import torch
 
-    from tbps.cli import CONFIG_DIR
-    from tbps.config import load_config
+    from tbps.engine.experiment import load_experiment_config
     from tbps.data.loader import generator_for
     from tbps.engine.build import build_model, build_tokenizer, build_transforms, image_size_of, load_data
     from tbps.engine.trainer import (_to_device, build_optimizer, build_train_loader, check_amp,
@@ -79,7 +78,7 @@ def _child(spec: dict) -> dict:
                  f"data.num_workers={spec['workers']}"]
     if method_name == "cada":  # no bert-base-uncased vocab offline: a trained tokenizer, BERT's head size
         overrides += ["data.tokenizer=trained", "data.tokenizer_vocab_size=4000"]
-    cfg = load_config(config_name, overrides, search_dirs=[CONFIG_DIR])
+    cfg = load_experiment_config(config_name, overrides)
     seed_everything(0, deterministic=False)
     device = torch.device(spec["device"])
     amp = check_amp(amp, device)

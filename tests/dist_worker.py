@@ -12,8 +12,7 @@ from pathlib import Path
 
 import torch
 
-from tbps.cli import CONFIG_DIR
-from tbps.config import load_config
+from tbps.engine.experiment import load_experiment_config
 from tbps.data.loader import generator_for
 from tbps.engine.build import build_model, build_tokenizer, build_transforms, image_size_of, load_data
 from tbps.engine.distributed import cleanup_distributed, init_distributed, reduce_mean
@@ -32,8 +31,7 @@ PER_METHOD = {
 
 
 def config(method: str, data: str | Path, extra: list[str] = ()) -> dict:
-    return load_config(f"{method}_tiny", COMMON + PER_METHOD[method] + [f"data.root={data}", *extra],
-                       search_dirs=[CONFIG_DIR])
+    return load_experiment_config(f"{method}_tiny", COMMON + PER_METHOD[method] + [f"data.root={data}", *extra])
 
 
 def one_step(method_name: str, data: str | Path, run_dir: str | Path, rank: int = 0, world: int = 1,

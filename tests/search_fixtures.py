@@ -1,4 +1,4 @@
-"""Session fixtures of the search tests: one tiny benchmark, one cada and one uca run trained for
+"""Session fixtures of the search tests: one tiny benchmark, one run of every method trained for
 a few steps, a gallery folder with every supported format plus unreadable files, and indexes.
 
 Imported by test_search.py and test_serve.py (`from search_fixtures import *`). Each fixture is
@@ -40,6 +40,12 @@ UCA_RUN = [
     "train.log_every=4", "train.amp=null", "train.device=cpu", "data.tokenizer_vocab_size=300",
 ]
 
+TINY_CLIP = ["backbone.overrides={vision_width: 64, vision_heads: 2, vision_layers: 1, text_width: 64, text_heads: 2, "
+             "text_layers: 1, embed_dim: 32}", "train.epochs=1", "train.batch_size=16", "train.log_every=4",
+             "train.amp=null", "train.device=cpu", "data.tokenizer_vocab_size=300"]
+IRRA_RUN = [*TINY_CLIP, "method.cross_layers=1"]
+CLIP_FT_RUN = list(TINY_CLIP)
+
 
 @pytest.fixture(scope="session")
 def tiny_benchmark(tmp_path_factory) -> Path:
@@ -60,6 +66,16 @@ def cada_run(tmp_path_factory, tiny_benchmark) -> Path:
 @pytest.fixture(scope="session")
 def uca_run(tmp_path_factory, tiny_benchmark) -> Path:
     return _once("uca", lambda: _train(tmp_path_factory, "uca_tiny", tiny_benchmark, UCA_RUN))
+
+
+@pytest.fixture(scope="session")
+def irra_run(tmp_path_factory, tiny_benchmark) -> Path:
+    return _once("irra", lambda: _train(tmp_path_factory, "irra_tiny", tiny_benchmark, IRRA_RUN))
+
+
+@pytest.fixture(scope="session")
+def clip_ft_run(tmp_path_factory, tiny_benchmark) -> Path:
+    return _once("clip_ft", lambda: _train(tmp_path_factory, "clip_ft_tiny", tiny_benchmark, CLIP_FT_RUN))
 
 
 def _make_gallery(root: Path, data: Path) -> dict[str, Any]:
@@ -130,11 +146,35 @@ def uca_searcher(uca_index):
     return _once("uca_searcher", lambda: Searcher(uca_index))
 
 
+@pytest.fixture(scope="session")
+def irra_index(tmp_path_factory, gallery, irra_run) -> Path:
+    return _index_once("irra-index", tmp_path_factory, gallery["dir"], irra_run, batch_size=16)
+
+
+@pytest.fixture(scope="session")
+def clip_ft_index(tmp_path_factory, gallery, clip_ft_run) -> Path:
+    return _index_once("clip_ft-index", tmp_path_factory, gallery["dir"], clip_ft_run, batch_size=16)
+
+
+@pytest.fixture(scope="session")
+def irra_searcher(irra_index):
+    from tbps.retrieval.searcher import Searcher
+
+    return _once("irra_searcher", lambda: Searcher(irra_index))
+
+
+@pytest.fixture(scope="session")
+def clip_ft_searcher(clip_ft_index):
+    from tbps.retrieval.searcher import Searcher
+
+    return _once("clip_ft_searcher", lambda: Searcher(clip_ft_index))
+
+
 def stored_features(index_dir: Path) -> tuple[list[int], list[dict], dict]:
     """(ids, items, features) of every row of an index, read straight from its shards."""
     import torch
 
-    from tbps.retrieval.index import read_manifest, read_shard
+    from tbps.retrieval.storage import read_manifest, read_shard
 
     m = read_manifest(index_dir)
     ids, items, parts = [], [], []

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tbps.config import load_config, save_config
+from tbps.config import save_config
+from tbps.engine.experiment import load_experiment_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import _ablation  # noqa: E402
@@ -20,8 +21,7 @@ def _args(tmp: Path, **kw) -> argparse.Namespace:
 
 def _fake_finished_run(tmp: Path, epochs: int, seed: int, r1: float) -> None:
     run = tmp / "runs" / "irra" / f"seed{seed}"
-    cfg = load_config("irra_tiny", [f"data.root={tmp / 'data'}", f"train.epochs={epochs}", f"seed={seed}"],
-                      search_dirs=[_ablation.CONFIG_DIR])
+    cfg = load_experiment_config("irra_tiny", [f"data.root={tmp / 'data'}", f"train.epochs={epochs}", f"seed={seed}"])
     save_config(cfg, run / "config.yaml")
     (run / "test.json").write_text(json.dumps({"metrics": {"t2i": {"R1": r1, "mAP": r1 + 2}}, "train_seconds": 60.0}))
 

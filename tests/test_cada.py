@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from fixtures import cli_train_args, render_tiny_benchmark
-from tbps.cli import CONFIG_DIR, main
-from tbps.config import load_config
+from tbps.cli import main
+from tbps.engine.experiment import load_experiment_config
 from tbps.data.loader import tokens_to_dict
 from tbps.data.tokenizers import TrainedTokenizer
 from tbps.methods import METHODS, build_method
@@ -327,7 +327,7 @@ def test_blip_base_cada_instantiates_with_random_weights():
 
 
 def test_cada_configs_load():
-    cfgs = {n: load_config(n, [], search_dirs=[CONFIG_DIR])
+    cfgs = {n: load_experiment_config(n)
             for n in ("cada", "cada_tiny", "cada_paper_weights", "cada_cuhk", "cada_icfg", "cada_rstp")}
     assert cfgs["cada"]["method"]["loss_weights"] == {"glb": 1.0, "atp": 1.0, "ara": 0.1}
     assert cfgs["cada_paper_weights"]["method"]["loss_weights"] == {"glb": 0.1, "atp": 1.0, "ara": 1.0}

@@ -6,12 +6,14 @@ import pytest
 import torch
 from PIL import Image
 
-from tbps.cli import CONFIG_DIR, main
-from tbps.config import load_config, save_config
+from tbps.cli import main
+from tbps.config import save_config
+from tbps.engine.experiment import load_experiment_config
 from tbps.data.tokenizers import TrainedTokenizer
 from tbps.engine.build import build_model, build_transforms, image_size_of
 from tbps.engine.checkpoint import save_checkpoint
-from tbps.explain import association_maps, word_spans
+from tbps.explain import association_maps
+from tbps.methods.maps import word_spans
 
 CAPTIONS = [
     "A man wearing a blue and white striped tank top, green pants and pink shoes.",
@@ -25,9 +27,9 @@ TEXT = "A man wearing a blue and white striped tank top, green pants and pink sh
 def run(tmp_path_factory):
     """A cada run folder (config, tokenizer, random weights) written without training."""
     root = tmp_path_factory.mktemp("explain")
-    cfg = load_config("cada_tiny", [
+    cfg = load_experiment_config("cada_tiny", [
         "backbone.overrides={vision_width: 64, vision_heads: 2, vision_layers: 1, text_width: 64, text_heads: 2, "
-        "text_layers: 2, embed_dim: 32}", "method.decoder_layers=1", "train.device=cpu"], search_dirs=[CONFIG_DIR])
+        "text_layers: 2, embed_dim: 32}", "method.decoder_layers=1", "train.device=cpu"])
     tok = TrainedTokenizer.train(CAPTIONS * 3, vocab_size=300, extra_special=["[ENC]", "[DEC]"], min_frequency=1)
     tok.save(root / "tokenizer")
     torch.manual_seed(0)
@@ -43,7 +45,7 @@ def test_maps_have_the_patch_grid_shape_and_differ_between_words(run):
     root, cfg, tok, method = run
     method.eval()
     tf = build_transforms(cfg, image_size_of(method))[1]
-    assoc = association_maps(method, tok, Image.open(root / "person.png"), TEXT, tf, 64)
+    assoc = association_maps(method, Image.open(root / "person.png"), TEXT, tf, 64)
     grid = method.backbone.visual.grid
     assert assoc.grid == grid == (8, 4)
     words = assoc.by_kind("word")
@@ -57,7 +59,7 @@ def test_maps_have_the_patch_grid_shape_and_differ_between_words(run):
     phrases = [p.label for p in assoc.by_kind("phrase")]
     assert "blue and white striped tank top" in phrases and "pink shoes" in phrases
     assert len(assoc.by_kind("caption")) == 1 and 0.0 <= assoc.match_prob <= 1.0
-    last = association_maps(method, tok, Image.open(root / "person.png"), TEXT, tf, 64, layers="last")
+    last = association_maps(method, Image.open(root / "person.png"), TEXT, tf, 64, layers="last")
     assert not np.allclose(last.maps[1].weights, assoc.maps[1].weights)
 
 

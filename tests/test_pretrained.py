@@ -455,9 +455,9 @@ def test_full_size_layouts_match_vit_b16_clip_and_blip_base(tmp_path: Path) -> N
 @pytest.mark.parametrize("method", ["irra", "cada", "uca"])
 @pytest.mark.parametrize("dataset", ["cuhk", "icfg", "rstp"])
 def test_paper_configs_name_their_weights(method: str, dataset: str) -> None:
-    from tbps.config import load_config
+    from tbps.engine.experiment import load_experiment_config
 
-    cfg = load_config(Path(__file__).parents[1] / "src" / "tbps" / "configs" / f"{method}_{dataset}.yaml", [])
+    cfg = load_experiment_config(Path(__file__).parents[1] / "src" / "tbps" / "configs" / f"{method}_{dataset}.yaml")
     family = backbone_config(cfg["backbone"]["name"]).family
     want = {"irra": ("clip", "ViT-B-16.pt"), "uca": ("clip", "ViT-B-16.pt"), "cada": ("blip", "model_base.pth")}
     assert (family, Path(cfg["backbone"]["pretrained"]).name) == want[method]

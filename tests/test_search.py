@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from search_fixtures import (cada_index, cada_run, cada_searcher, gallery, stored_features,  # noqa: F401
+from search_fixtures import (cada_index, cada_run, cada_searcher, clip_ft_index, clip_ft_run,  # noqa: F401
+                             clip_ft_searcher, gallery, irra_index, irra_run, irra_searcher, stored_features,
                              tiny_benchmark, uca_index, uca_run, uca_searcher)
 from tbps.cli import main
 from tbps.data.loader import ImageList
@@ -100,9 +101,11 @@ def test_build_refuses_to_overwrite_or_to_read_a_missing_gallery(tmp_path, cada_
 
 # ----------------------------------------------------------------------------- search = brute force
 
-@pytest.mark.parametrize("which", ["cada", "uca"])
-def test_search_ranks_like_the_methods_own_scores(which, cada_searcher, uca_searcher, cada_index, uca_index, gallery):
-    searcher, index = (cada_searcher, cada_index) if which == "cada" else (uca_searcher, uca_index)
+@pytest.mark.parametrize("which", ["irra", "cada", "uca", "clip_ft"])
+def test_search_ranks_like_the_methods_own_scores(which, request, gallery):
+    """Every method, through the one shared path (`Method.rank` on the FAISS candidates)."""
+    searcher, index = request.getfixturevalue(f"{which}_searcher"), request.getfixturevalue(f"{which}_index")
+    assert searcher.method.name == which == read_manifest(index)["model"]["method"]
     ids, items, feats = stored_features(index)
     for text in _captions(gallery):
         res = searcher.search(text, k=10)
@@ -145,7 +148,7 @@ def test_uca_reports_match_probability_and_query_uncertainty(uca_searcher, uca_i
                         feats["emb"][rows], feats["logvar"][rows])
     assert np.allclose([h.match_probability for h in res], m.match_probability(d).numpy(), atol=1e-6)
     assert np.allclose([h.image_uncertainty for h in res], uncertainty(feats["logvar"][rows]).numpy(), rtol=1e-5)
-    with pytest.raises(ValueError, match="re-ranking needs a cada model"):
+    with pytest.raises(ValueError, match="re-ranking needs a method that declares it"):
         uca_searcher.search(text, k=3, rerank=4)
 
 
@@ -361,7 +364,7 @@ def test_cli_index_search_json_html_and_errors(tmp_path, cada_run, cada_index, u
 
     fails(["search", str(tmp_path / "nope"), "x"], str(tmp_path / "nope"))
     fails(["search", str(cada_index), "   "], "text")
-    fails(["search", str(uca_index), "x", "--rerank", "3"], "rerank=3", "cada")
+    fails(["search", str(uca_index), "x", "--rerank", "3"], "rerank=3", "declares")
     fails(["index", "build", str(tmp_path / "missing"), "--model", str(cada_run), "--out", str(tmp_path / "o")],
           str(tmp_path / "missing"))
     fails(["index", "add", str(cada_index), str(tmp_path / "ghost.png")], str(tmp_path / "ghost.png"))
@@ -374,7 +377,10 @@ def test_cli_index_search_json_html_and_errors(tmp_path, cada_run, cada_index, u
                  "--quiet"]) == 0
     assert json.loads(capsys.readouterr().out)["images"] == len(gallery["captions"])
     assert main(["index", "info", str(out_dir)]) == 0
-    assert json.loads(capsys.readouterr().out)["faiss"]["kind"] == "flat"
+    info = json.loads(capsys.readouterr().out)
+    assert info["faiss"]["kind"] == "flat"
+    # the method's declared capabilities, recorded with the model
+    assert info["capabilities"]["rerank"] and info["capabilities"]["index_features"] == ["emb", "tokens"]
 
 
 # ----------------------------------------------------------------------------- ONNX export

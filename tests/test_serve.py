@@ -116,7 +116,7 @@ def test_explain_returns_word_maps_for_cada_and_a_clear_400_otherwise(client, uc
         assert sum(map(sum, m["weights"])) == pytest.approx(1.0, abs=1e-3)
     assert client.post("/explain", json={"text": text, "id": 424242}).status_code == 404
     r = uca_client.post("/explain", json={"text": text, "id": 0})
-    assert r.status_code == 400 and "cada" in r.json()["detail"]
+    assert r.status_code == 400 and "declares association maps" in r.json()["detail"]
     r = uca_client.post("/search", json={"text": text, "rerank": 5})
     assert r.status_code == 422 and "rerank=5" in r.json()["detail"]
     r = uca_client.post("/search", json={"text": text, "k": 3}).json()

@@ -180,7 +180,7 @@ def test_transform_pickles_and_validates() -> None:
     with pytest.raises(ValueError):
         build_transform(H, W, True, erasing=1.5)
     with pytest.raises(ValueError):
-        build_transform(H, W, True, erase_fill="mean")
+        build_transform(H, W, True, erase_fill="average")
     with pytest.raises(TypeError):
         t(np.zeros((H, W, 3), dtype=np.uint8), gen(0))  # type: ignore[arg-type]
 

@@ -20,18 +20,17 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _load_run_config(args: argparse.Namespace) -> dict:
-    from .config import apply_overrides, load_config
+    from .engine.experiment import load_experiment_config
 
     if args.resume and args.config is None:
         saved = Path(args.out) / "config.yaml"
         if not saved.is_file():
             raise FileNotFoundError(f"--resume without --config needs {saved}")
-        cfg = load_config(saved, [])
-        cfg["train"]["stop_after_steps"] = None  # a resumed run goes to the end unless told otherwise
-        return apply_overrides(cfg, args.set)
+        # a resumed run goes to the end unless told otherwise
+        return load_experiment_config(saved, ["train.stop_after_steps=null", *args.set])
     if args.config is None:
         raise SystemExit("tbps train: --config is required (e.g. --config configs/irra_tiny.yaml)")
-    return load_config(args.config, args.set, search_dirs=[CONFIG_DIR])
+    return load_experiment_config(args.config, args.set, search_dirs=[CONFIG_DIR])
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from .config import load_config
 from .engine.build import load_data
 from .engine.evaluator import encode_split
+from .engine.experiment import load_experiment_config
 from .engine.runs import load_run
 from .engine.trainer import train
 from .evaluation import format_metrics_table, rank_metrics
@@ -41,7 +41,7 @@ def run_demo(out: Path, preset: str = "small", seed: int = 0, epochs: int | None
     overrides = [f"data.root={data_dir}", f"seed={seed}"]
     if epochs is not None:
         overrides.append(f"train.epochs={epochs}")
-    cfg = load_config(CONFIG, overrides)
+    cfg = load_experiment_config(CONFIG, overrides)
     resume = (run_dir / "checkpoints" / "last").exists()
     print(f"[2/4] training irra (tiny CLIP layout, from scratch) into {run_dir}" + (" (resuming)" if resume else ""))
     t1 = time.time()

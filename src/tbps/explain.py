@@ -1,137 +1,30 @@
-"""Association maps: which image patches each word and attribute phrase of a caption attends to.
-
-The image-grounded text encoder (BLIP layout, used by `cada`) reads the caption with [ENC] first
-and cross-attends from every text token to every image token. Its cross-attention weights,
-averaged over heads and (by default) over all layers, give each text token a distribution over
-the image tokens; the class token is dropped, the rest is renormalised and laid out on the patch
-grid (`backbone.visual.grid`). Word pieces are merged into words through the tokenizer's
-character offsets, and each attribute phrase found by `tbps.data.attributes` gets the mean map of
-its tokens. Overlays are written as PNGs (PIL only) with an index.json and an index.html.
-
-Why all layers by default: a single layer's cross-attention is often specialised (early layers
-spread out, late ones collapse onto a few tokens), while the mean over layers is a stable,
-parameter-free summary of where the text looked. `layers="last"` or a layer index is available.
+"""`tbps explain`: load a run, ask its method for the association maps of a caption on an image
+(`Method.association_maps`, computed in `tbps.methods.maps`), and draw them: overlays as PNGs (PIL
+only) with an index.json and an index.html.
 """
 from __future__ import annotations
 
 import html
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from .data.attributes import find_attribute_phrases, token_phrase_ids
-
-
-@dataclass
-class AssociationMap:
-    """One heat map over the patch grid (rows x cols, sums to 1) for a word, phrase or the caption."""
-
-    kind: str  # "caption" ([ENC] token), "word" or "phrase"
-    label: str
-    start: int  # character span in the caption (0, 0 for the caption map)
-    end: int
-    weights: np.ndarray = field(repr=False)
-    file: str | None = None
-
-
-@dataclass
-class Associations:
-    text: str
-    grid: tuple[int, int]
-    layers: str
-    match_prob: float  # softmax of the matching head for this (image, caption) pair
-    cosine: float  # cosine of the projected global features
-    maps: list[AssociationMap]
-
-    def by_kind(self, kind: str) -> list[AssociationMap]:
-        return [m for m in self.maps if m.kind == kind]
+from .methods.maps import Associations
 
 
 @torch.no_grad()
-def token_maps(backbone: Any, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
-               layers: str | int = "all") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """-> (per-token maps [B, L, rows, cols] summing to 1, text hidden [B, L, W], image tokens).
-
-    `layers`: "all" (mean over layers), "last", or a layer index.
-    """
-    _, image_tokens = backbone.encode_image(images)
-    hidden, weights = backbone.text(ids, mask, image_tokens, return_cross_weights=True)
-    stacked = torch.stack(weights)  # [layers, B, heads, L, 1 + P]
-    if layers == "all":
-        w = stacked.mean(dim=(0, 2))
-    elif layers == "last":
-        w = stacked[-1].mean(1)
-    else:
-        w = stacked[int(layers)].mean(1)
-    w = w[..., 1:].float()  # drop the image class token, renormalise over the patches
-    w = w / w.sum(-1, keepdim=True).clamp(min=1e-12)
-    rows, cols = backbone.visual.grid
-    return w.reshape(*w.shape[:2], rows, cols), hidden, image_tokens
-
-
-def word_spans(text: str, offsets: list[tuple[int, int]], first: int, last: int) -> list[tuple[int, int, list[int]]]:
-    """Group token positions first..last-1 into words -> [(start, end, positions)].
-
-    A token continues the previous word when it starts where that one ended and both touching
-    characters are letters or digits (WordPiece "##" pieces); punctuation-only words are dropped.
-    """
-    words: list[tuple[int, int, list[int]]] = []
-    for pos in range(first, last):
-        s, e = offsets[pos]
-        if e <= s:
-            continue
-        if words and s == words[-1][1] and text[s - 1].isalnum() and text[s].isalnum():
-            ws, _, members = words[-1]
-            words[-1] = (ws, e, members + [pos])
-        else:
-            words.append((s, e, [pos]))
-    return [w for w in words if any(c.isalnum() for c in text[w[0]:w[1]])]
-
-
-@torch.no_grad()
-def association_maps(method: Any, tokenizer: Any, image: Image.Image, text: str, transform: Any, max_len: int,
-                     layers: str | int = "all", include_person: bool = False) -> Associations:
-    """Maps for the caption ([ENC] token), every word and every attribute phrase of `text` on `image`."""
-    backbone = method.backbone
-    if getattr(backbone.text, "encoder", None) is None or backbone.text.encoder.layer[0].crossattention is None:
-        raise ValueError("association maps need an image-grounded text encoder (blip layout with cross-attention)")
+def association_maps(method: Any, image: Image.Image, text: str, transform: Any, max_len: int,
+                     layers: str | int = "all") -> Associations:
+    """The method's maps for the caption, every word and every attribute phrase of `text` on `image`
+    (a method that declares none refuses with a ValueError)."""
     device = next(method.parameters()).device
-    tb = tokenizer.encode([text], max_len)
-    n = int(tb.attention_mask[0].sum())
-    ids, mask = tb.ids[:, :n].clone().to(device), tb.attention_mask[:, :n].to(device)
-    try:
-        ids[:, 0] = tokenizer.token_id("[ENC]")
-    except KeyError:
-        pass  # a tokenizer without [ENC]: the encoder reads [CLS], as BLIP's does before fine-tuning
-    images = transform(image.convert("RGB"), None)[None].to(device)
-    maps, hidden, _ = token_maps(backbone, images, ids, mask, layers)
-    maps = maps[0].cpu()
-    offsets = tb.offsets[0][:n]
-
-    match_prob = float("nan")
-    if hasattr(method, "itm_head"):
-        match_prob = float(method.itm_head(hidden[:, 0]).float().softmax(-1)[0, 1])
-    img_emb, _ = backbone.encode_image(images)
-    txt_emb, _ = backbone.encode_text(tb.ids[:, :n].to(device), mask)
-    cosine = float(F.cosine_similarity(img_emb.float(), txt_emb.float())[0])
-
-    out = [AssociationMap("caption", "[ENC] (whole caption)", 0, 0, maps[0].numpy())]
-    for s, e, members in word_spans(text, offsets, 1, n - 1):
-        out.append(AssociationMap("word", text[s:e], s, e, maps[members].mean(0).numpy()))
-    phrases = find_attribute_phrases(text, include_person)
-    pid = token_phrase_ids(offsets, phrases)
-    for k, p in enumerate(phrases):
-        members = [i for i, j in enumerate(pid) if j == k]
-        if members:
-            out.append(AssociationMap("phrase", p.text, p.start, p.end, maps[members].mean(0).numpy()))
-    return Associations(text, tuple(backbone.visual.grid), str(layers), match_prob, cosine, out)
+    return method.association_maps(transform(image.convert("RGB"), None)[None].to(device), text, max_len, layers)
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -218,9 +111,7 @@ def explain_run(run: str | Path, image_path: str | Path, text: str, out_dir: str
 
     loaded = load_run(run, checkpoint, device)
     image = load_image(str(image_path))
-    include_person = bool(loaded.method.cfg.get("attribute_include_person", False))
-    assoc = association_maps(loaded.method, loaded.tokenizer, image, text, loaded.test_transform(), loaded.max_len,
-                             layers, include_person)
+    assoc = association_maps(loaded.method, image, text, loaded.test_transform(), loaded.max_len, layers)
     model_size = tuple(loaded.method.backbone.cfg.image_size)
     folder = write_explanation(assoc, image, out_dir, model_size)
     return {"out": str(folder), "index": str(folder / "index.html"), "grid": list(assoc.grid),

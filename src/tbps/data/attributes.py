@@ -6,9 +6,9 @@ code asks NLTK for part-of-speech tags (adjectives JJ and nouns NN/NNS). NLTK
 models are not available offline and POS tags are noisy on captions anyway
 ("pants" tagged as a verb, ALL-CAPS sentences tagged as proper nouns), so this
 module replaces them with a hand-written lexicon of appearance words (a few
-hundred entries: colours, patterns, materials, garments, footwear, bags,
-headwear, accessories, hair, body build) and a handful of chunking rules that
-group modifiers with the noun they describe:
+hundred entries in attribute_lexicon.yaml beside this file: colours, patterns,
+materials, garments, footwear, bags, headwear, accessories, hair, body build)
+and a handful of chunking rules that group modifiers with the noun they describe:
 
 * ``find_attribute_words``   every attribute word (multi-word nouns such as
   "tank top" or "high heels" and hyphenated compounds such as "knee-length",
@@ -38,7 +38,10 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from types import MappingProxyType
+
+import yaml
 
 __all__ = [
     "AttributePhrase",
@@ -88,220 +91,41 @@ class AttributePhrase:
 # --------------------------------------------------------------------------------------
 # Lexicon
 # --------------------------------------------------------------------------------------
-# Modifiers (adjective-like words): category -> comma-separated entries. Entries may be
-# several tokens ("navy blue" is two colour words, but "off-white", "short sleeved" and
-# "knee length" are single units); hyphens and spaces are interchangeable in entries.
-_MODIFIERS: dict[str, str] = {
-    "colour": (
-        "black, white, gray, red, blue, green, yellow, orange, purple, pink, brown, beige, "
-        "khaki, navy, tan, cream, maroon, burgundy, violet, indigo, turquoise, teal, cyan, "
-        "magenta, gold, golden, silver, olive, lavender, lilac, coral, peach, salmon, mint, "
-        "ivory, charcoal, crimson, scarlet, camel, mustard, rust, wine, plum, aqua, azure, "
-        "fuchsia, ochre, bronze, copper, jade, emerald, off-white, "
-        "sky blue, royal blue, baby blue, baby pink, hot pink, army green, forest green, "
-        "lime green, bottle green, pea green, sea green, brick red, blood red, rose red, "
-        "multicolored, multicolor, multi-colored, colorful, colored, color, two-tone, two-toned, "
-        "blond, blonde, brunette, auburn, ginger, "
-        "blackish, whitish, grayish, reddish, bluish, blueish, greenish, yellowish, "
-        "orangish, purplish, pinkish, brownish"
-    ),
-    "shade": "dark, light, bright, pale, deep, dull, pastel, neon, faded, fair",
-    "pattern": (
-        "striped, stripy, plaid, checkered, tartan, floral, flowered, flowery, polka-dot, "
-        "polka-dotted, dotted, spotted, printed, patterned, camouflage, camo, paisley, "
-        "argyle, houndstooth, gingham, tie-dye, tie-dyed, plain, solid, leopard-print"
-    ),
-    "material": (
-        "denim, jean, leather, cotton, wool, woolen, knit, knitted, silk, silky, satin, "
-        "velvet, lace, lacy, mesh, nylon, polyester, canvas, suede, fur, furry, fleece, "
-        "corduroy, linen, plastic, rubber, straw, chiffon, tweed, cashmere, sheer, "
-        "transparent, shiny, glossy, metallic, sequined, quilted, padded, waterproof, "
-        "fluffy, puffy, paper"
-    ),
-    "style": (
-        "short-sleeved, long-sleeved, short-sleeve, long-sleeve, half-sleeved, sleeved, "
-        "sleeveless, hooded, collared, v-neck, crew-neck, round-neck, high-neck, "
-        "button-up, button-down, zip-up, zippered, strapless, off-shoulder, high-top, "
-        "low-top, high-heeled, heeled, high-waisted, open-toed, ripped, torn, distressed, "
-        "pleated, ruffled, embroidered, casual, formal, sporty, sports, sport, athletic, "
-        "business, cargo, capri, puffer, crossbody, cross-body, rimmed, brimmed, "
-        "wide-brimmed, frameless"
-    ),
-    "fit": (
-        "baggy, loose, tight, fitted, tight-fitting, loose-fitting, form-fitting, "
-        "slim-fit, wide-leg, straight-leg, flared, skin-tight"
-    ),
-    "length": (
-        "long, knee-length, ankle-length, calf-length, shoulder-length, waist-length, "
-        "hip-length, thigh-length, floor-length, mid-length, medium-length, full-length, "
-        "chin-length, ear-length, neck-length, mid-calf, mini, midi, maxi, cropped"
-    ),
-    "size": "big, large, small, little, huge, tiny, oversized, giant, medium",
-    "shape": "round, square, rectangular, oval, pointed, pointy, flat",
-    "hair": "curly, wavy, straight, frizzy, spiky, bald, braided, permed, dyed, balding",
-    "body": (
-        "thin, fat, tall, slim, slender, skinny, chubby, plump, heavy, heavyset, stocky, "
-        "overweight, muscular, petite, thick, short"
-    ),
-    "age": "young, old, elderly, middle-aged, teenage, teenaged, aged",
-    "person": "male, female",
-}
+# The words themselves live in attribute_lexicon.yaml (package data), read once here.
+LEXICON_FILE = Path(__file__).with_name("attribute_lexicon.yaml")
 
-# Nouns that can head a phrase: (word category, phrase region, singular forms that get
-# regular plurals, invariant forms). Multi-word nouns are single units.
-_NOUNS: list[tuple[str, str, str, str]] = [
-    (
-        "garment", "upper",
-        "shirt, t-shirt, tshirt, tee, tee-shirt, tank top, tank, top, blouse, jacket, coat, "
-        "sweater, sweatshirt, sweat shirt, hoodie, hoody, vest, cardigan, jumper, pullover, "
-        "polo, polo shirt, windbreaker, blazer, parka, tunic, camisole, crop top, "
-        "turtleneck, jersey, overcoat, raincoat, rain coat, trench coat, down jacket, "
-        "puffer jacket, waistcoat, anorak, poncho, cape, shawl, sleeve, collar, cuff, "
-        "undershirt, singlet, halter top, tube top, bra, bikini top",
-        "",
-    ),
-    (
-        "garment", "lower",
-        "skirt, miniskirt, mini-skirt, capri, legging, jogger, culotte, stocking, hem",
-        "pants, trousers, jeans, shorts, leggings, capris, slacks, sweatpants, sweat pants, "
-        "khakis, tights, bottoms, capri pants, cargo pants, cargo shorts, track pants, "
-        "jogging pants, yoga pants, hot pants, bermudas, chinos, denims",
-    ),
-    (
-        "garment", "full",
-        "dress, jumpsuit, romper, suit, tracksuit, track suit, uniform, gown, robe, "
-        "kimono, apron, outfit, garment, sundress",
-        "overalls, clothes, clothing, attire, sportswear, pajamas, dungarees",
-    ),
-    ("garment", "garment", "pocket, button, zipper, zip, hemline, neckline", ""),
-    (
-        "footwear", "shoes",
-        "shoe, sneaker, boot, sandal, heel, high heel, slipper, trainer, loafer, pump, "
-        "flip flop, flip-flop, clog, moccasin, sock, ankle boot, rain boot, snow boot, "
-        "running shoe, tennis shoe, walking shoe, hiking boot, combat boot, plimsoll, "
-        "welly, wellington, sole, shoelace, lace-up",
-        "flats, footwear, crocs, high heels",
-    ),
-    (
-        "bag", "bag",
-        "bag, backpack, back pack, handbag, hand bag, purse, satchel, tote, tote bag, "
-        "shoulder bag, messenger bag, duffel bag, duffle bag, sling bag, shopping bag, "
-        "school bag, schoolbag, bookbag, book bag, suitcase, briefcase, knapsack, "
-        "rucksack, pouch, clutch, waist bag, fanny pack, bum bag",
-        "luggage",
-    ),
-    (
-        "headwear", "headwear",
-        "hat, cap, baseball cap, beanie, helmet, hood, headband, head band, hairband, "
-        "bandana, beret, visor, headscarf, head scarf, turban, hijab, veil, brim, "
-        "sun hat, bonnet",
-        "",
-    ),
-    (
-        "accessory", "accessory",
-        "sunglass, umbrella, scarf, belt, watch, wristwatch, wrist watch, bracelet, "
-        "necklace, earring, mask, face mask, glove, mitten, tie, necktie, bow tie, "
-        "phone, cell phone, cellphone, mobile phone, smartphone, mobile, bottle, "
-        "water bottle, cup, headphone, earphone, earbud, lanyard, badge, book, "
-        "notebook, folder, wallet, hair clip, hair tie, hairpin, bicycle, bike, scooter, "
-        "stroller, skateboard, cart, trolley, box, tablet, laptop, frame, lens, "
-        "jewelry, pendant, chain",
-        "glasses, sunglasses, eyeglasses, spectacles, goggles",
-    ),
-    (
-        "hair", "hair",
-        "ponytail, pony tail, bun, braid, pigtail, dreadlock, afro, mohawk, beard, "
-        "mustache, hairstyle, hairdo, haircut, crew cut, buzz cut, fringe",
-        "hair, bangs",
-    ),
-    (
-        "pattern", "pattern",
-        "stripe, logo, dot, polka dot, print, pattern, design, graphic, letter, flower, "
-        "cartoon, word",
-        "lettering, writing, text",
-    ),
-    ("body", "body", "build, figure, physique, stature, skin, complexion", ""),
-    (
-        "person", "person",
-        "man, woman, person, lady, girl, boy, guy, gentleman, child, kid, pedestrian, "
-        "individual, teenager, teen, student, adult, female, male",
-        "men, women, people, ladies, children, gentlemen",
-    ),
-]
 
-# Last part of a hyphenated compound that makes the whole compound one modifier, whatever
-# precedes it ("mid-thigh-length", "leopard-print", "wire-rimmed", "rust-colored").
-_COMPOUND_SUFFIX: dict[str, str] = {
-    "colored": "colour", "color": "colour", "toned": "colour", "tone": "colour",
-    "length": "length", "sleeved": "style", "sleeve": "style", "sleeves": "style",
-    "print": "pattern", "printed": "pattern", "patterned": "pattern", "striped": "pattern",
-    "checkered": "pattern", "dotted": "pattern", "spotted": "pattern", "pattern": "pattern",
-    "fitting": "fit", "fit": "fit", "fitted": "fit", "rimmed": "style", "framed": "style",
-    "brimmed": "style", "heeled": "style", "toed": "style", "necked": "style",
-    "neck": "style", "collared": "style", "waisted": "style", "legged": "style",
-}
+def _split(entries: str) -> list[str]:
+    return [e.strip() for e in entries.split(",") if e.strip()]
 
-# Words whose sense depends on what they describe: (sense for a person / body / no noun,
-# sense for a garment or anything else). "a short man" vs "short hair".
-_AMBIGUOUS: dict[str, tuple[str, str]] = {
-    "short": ("body", "length"),
-    "thin": ("body", "material"),
-    "thick": ("body", "material"),
-    "heavy": ("body", "material"),
-    "slim": ("body", "fit"),
-    "skinny": ("body", "fit"),
-    "big": ("body", "size"),
-    "large": ("body", "size"),
-    "small": ("body", "size"),
-    "little": ("body", "size"),
-}
 
-# Tokens that may sit between two modifiers of one phrase without being attributes.
-_CONNECTORS = frozenset({"and", "or", "n"})
-_INTENSIFIERS = frozenset({
-    "very", "quite", "fairly", "rather", "slightly", "somewhat", "really", "extremely",
-    "mostly", "mainly", "predominantly", "partly", "partially", "all", "completely",
-    "entirely", "totally", "fully", "pretty", "almost",
-})
+def _read_lexicon_file(path: Path = LEXICON_FILE) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+_FILE = _read_lexicon_file()
+_MODIFIERS: dict[str, str] = _FILE["modifiers"]  # category -> comma-separated entries
+# (word category, phrase region, singular forms that get regular plurals, invariant forms)
+_NOUNS: list[tuple[str, str, str, str]] = [(n["category"], n["region"], n["singular"], n["invariant"])
+                                           for n in _FILE["nouns"]]
+_COMPOUND_SUFFIX: dict[str, str] = _FILE["compound_suffix"]
+_AMBIGUOUS: dict[str, tuple[str, str]] = {k: tuple(v) for k, v in _FILE["ambiguous"].items()}
+_CONNECTORS = frozenset(_split(_FILE["connectors"]))
+_INTENSIFIERS = frozenset(_split(_FILE["intensifiers"]))
 _GLUE = _CONNECTORS | _INTENSIFIERS
-_COPULAS = frozenset({
-    "is", "are", "was", "were", "be", "being", "been", "look", "looks", "looked", "seem",
-    "seems", "appear", "appears", "appeared",
-})
-_RELATIVES = frozenset({"that", "which", "who", "both", "also", "all"})
-# Function words that never glue onto a following "colored" ("are colored" is not a colour).
-_STOPWORDS = frozenset({
-    "a", "an", "the", "is", "are", "was", "were", "be", "been", "his", "her", "their",
-    "its", "and", "or", "with", "in", "on", "of", "at", "to", "for", "by", "has", "have",
-    "had", "he", "she", "it", "they", "them", "him", "not", "no", "some", "wearing",
-    "wears", "wear", "wore", "also", "that", "which", "who", "this", "these", "those",
-    "both", "very", "all", "one", "two", "from", "into", "over", "under",
-})
-# Modifiers too common in other senses to stand alone: a phrase made only of these, with
-# no noun and no "X is ..." subject, is dropped ("walking straight ahead", "in the light").
-_WEAK = frozenset({
-    "straight", "flat", "solid", "plain", "light", "round", "square", "sport", "sports",
-    "little", "old", "deep", "fair", "business", "formal", "casual", "tiny", "giant",
-    "big", "large", "small", "huge", "heavy", "thick", "cross body", "mini", "color",
-    "medium",
-})
-# Nouns that are not clothing when followed by "of" ("on top of her head").
-_NOT_BEFORE_OF = frozenset({"top", "bottom", "front", "pair"})
+_COPULAS = frozenset(_split(_FILE["copulas"]))
+_RELATIVES = frozenset(_split(_FILE["relatives"]))
+_STOPWORDS = frozenset(_split(_FILE["stopwords"]))
+_WEAK = frozenset(_split(_FILE["weak"]))
+_NOT_BEFORE_OF = frozenset(_split(_FILE["not_before_of"]))
+_SPELLING: dict[str, str] = _FILE["spelling"]  # British spellings and variants -> one form
 
 _TOKEN_RE = re.compile(r"[A-Za-z0-9]+(?:['\u2019][A-Za-z]+)?")
 _HYPHENS = frozenset({"-", "\u2010", "\u2011", "\u2012", "\u2013"})
 _SOFT_PUNCT = frozenset({",", "/", "&", "+", "-", "\u2013"})
 
 _G_TIGHT, _G_HYPHEN, _G_COMMA, _G_BREAK = 0, 1, 2, 3
-
-
-# British spellings and variants folded onto one form before lexicon lookup.
-_SPELLING = {
-    "chequered": "checkered", "checked": "checkered", "checks": "checkered",
-    "woollen": "woolen", "moustache": "mustache", "pyjamas": "pajamas",
-    "jewellery": "jewelry", "stripey": "stripy",
-    "blueish": "bluish", "wellies": "welly",
-}
 
 
 def _normalise(tok: str) -> str:
@@ -335,10 +159,6 @@ def _plurals(word: str) -> list[str]:
 
 def _key(entry: str) -> tuple[str, ...]:
     return tuple(_normalise(t) for t in _TOKEN_RE.findall(entry))
-
-
-def _split(entries: str) -> list[str]:
-    return [e.strip() for e in entries.split(",") if e.strip()]
 
 
 @dataclass(frozen=True)

@@ -171,6 +171,18 @@ class EpochSampler(Sampler[int]):
         return len(self.order()) - self.start
 
 
+def batch_share(batch_size: int, rank: int = 0, world_size: int = 1) -> slice:
+    """The rows of every global batch of `batch_size` that process `rank` of `world_size` trains on:
+    N contiguous shards of B / N in rank order. The one place the share is computed; the sampler
+    marks these rows, the collate records them (`shard` offset and size) and `methods.base.shard_of`
+    hands them to the losses."""
+    if batch_size % world_size:
+        raise ValueError(f"train.batch_size={batch_size} must be divisible by the {world_size} processes "
+                         "(it is the global batch, split evenly across them)")
+    size = batch_size // world_size
+    return slice(rank * size, (rank + 1) * size)
+
+
 class ShardedBatchSampler(Sampler[list[TrainItem]]):
     """Global batches of B from an `EpochSampler`, each split into N contiguous shards of B / N.
 
@@ -181,13 +193,11 @@ class ShardedBatchSampler(Sampler[list[TrainItem]]):
     """
 
     def __init__(self, sampler: EpochSampler, batch_size: int, rank: int = 0, world_size: int = 1) -> None:
-        if batch_size % world_size:
-            raise ValueError(f"train.batch_size={batch_size} must be divisible by the {world_size} processes "
-                             "(it is the global batch, split evenly across them)")
+        self.rows = batch_share(batch_size, rank, world_size)
         self.sampler = sampler
         self.batch_size = batch_size
         self.rank, self.world_size = rank, world_size
-        self.local_size = batch_size // world_size
+        self.local_size = self.rows.stop - self.rows.start
         self.epoch, self.start_batch = 0, 0
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
@@ -201,7 +211,7 @@ class ShardedBatchSampler(Sampler[list[TrainItem]]):
     def __iter__(self) -> Iterator[list[TrainItem]]:
         self.sampler.set_epoch(self.epoch)
         order, B = self.sampler.order(), self.batch_size
-        lo, hi = self.rank * self.local_size, (self.rank + 1) * self.local_size
+        lo, hi = self.rows.start, self.rows.stop
         for k in range(self.start_batch, len(order) // B):
             yield [TrainItem(i, self.epoch, lo <= j < hi) for j, i in enumerate(order[k * B:(k + 1) * B])]
 
@@ -212,9 +222,11 @@ class ShardedBatchSampler(Sampler[list[TrainItem]]):
 def tokens_to_dict(batch, trim: bool = True) -> dict[str, torch.Tensor]:
     """Token tensors of a TokenBatch, cut to the longest caption in the batch (dynamic padding).
 
-    Trimming never changes a result: padding sits after every real token, CLIP's text tower is
-    causal and BERT masks padded keys. It saves most of the text cost, since real captions are
-    far shorter than the maximum length.
+    Padding sits after every real token, CLIP's text tower is causal and BERT masks padded keys,
+    so the text towers' outputs at real tokens do not depend on trimming. A module that attends
+    over the padding unmasked does: IRRA's MLM branch under `method.mlm_padding=none` (the default
+    `mask` masks it; `context`, the official setting, pads again to the context length). Trimming
+    saves most of the text cost, since real captions are far shorter than the maximum length.
     """
     ids, mask = batch.ids, batch.attention_mask
     if trim:

@@ -2,7 +2,8 @@
 
 The training pipeline follows IRRA / CADA: bicubic resize to a fixed size (ignoring aspect ratio),
 random horizontal flip, zero padding + random crop back to size, conversion to [0, 1], mean/std
-normalisation, random erasing. Every random draw comes from the `torch.Generator` passed with the
+normalisation, random erasing whose box is filled with the normalisation mean (IRRA's and CADA's
+`RandomErasing(value=mean)`, applied after normalisation). Every random draw comes from the `torch.Generator` passed with the
 image, so a loader that seeds one generator per (seed, epoch, sample index) gets augmentations that
 are identical across runs, worker counts and resumptions.
 """
@@ -75,9 +76,11 @@ class ImageTransform:
 
     A class rather than a closure so that it pickles into DataLoader worker processes.
     `gen=None` draws from torch's global generator (fine for ad-hoc use, not reproducible per
-    sample). Random erasing fills its rectangle with standard-normal noise (`erase_fill="random"`,
-    i.e. noise in normalised space), zeros (`"zeros"`, the dataset mean after normalisation), or
-    given per-channel values (IRRA passes its normalisation mean here).
+    sample). Random erasing fills its rectangle with the normalisation mean's values per channel
+    (`erase_fill="mean"`, the default: the official IRRA and CADA code pass `value=mean` to
+    torchvision's RandomErasing after normalising, so the box holds those numbers in normalised
+    space), standard-normal noise (`"random"`), zeros (`"zeros"`, the dataset mean after
+    normalisation), or given per-channel values.
     """
 
     def __init__(self, height: int, width: int, train: bool, *, flip: bool = True, pad: int = 10,
@@ -85,7 +88,7 @@ class ImageTransform:
                  mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD,
                  erase_scale: tuple[float, float] = (0.02, 0.4),
                  erase_ratio: tuple[float, float] = (0.3, 3.3),
-                 erase_fill: str | Sequence[float] = "random") -> None:
+                 erase_fill: str | Sequence[float] = "mean") -> None:
         if height <= 0 or width <= 0:
             raise ValueError(f"height and width must be positive, got {height}x{width}")
         if pad < 0:
@@ -94,8 +97,8 @@ class ImageTransform:
             raise ValueError(f"erasing is a probability, got {erasing}")
         if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
             raise ValueError(f"mean and std need 3 values (std > 0), got {mean}, {std}")
-        if isinstance(erase_fill, str) and erase_fill not in ("random", "zeros"):
-            raise ValueError(f"erase_fill must be 'random', 'zeros' or 3 numbers, got {erase_fill!r}")
+        if isinstance(erase_fill, str) and erase_fill not in ("mean", "random", "zeros"):
+            raise ValueError(f"erase_fill must be 'mean', 'random', 'zeros' or 3 numbers, got {erase_fill!r}")
         if not isinstance(erase_fill, str) and len(erase_fill) != 3:
             raise ValueError(f"erase_fill needs one value per channel, got {erase_fill}")
         self.height, self.width, self.train = int(height), int(width), bool(train)
@@ -103,6 +106,8 @@ class ImageTransform:
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         self.erase_scale, self.erase_ratio = erase_scale, erase_ratio
+        if erase_fill == "mean":
+            erase_fill = self.mean
         self.erase_fill = erase_fill if isinstance(erase_fill, str) else tuple(float(v) for v in erase_fill)
         std_a = np.asarray(self.std, dtype=np.float64).reshape(3, 1, 1)
         self._scale = (1.0 / (255.0 * std_a)).astype(np.float32)
@@ -188,8 +193,8 @@ class ImageTransform:
 def build_transform(height: int, width: int, train: bool, *, flip: bool = True, pad: int = 10,
                     random_crop: bool = True, erasing: float = 0.5,
                     mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD,
-                    erase_fill: str | Sequence[float] = "random") -> ImageTransform:
+                    erase_fill: str | Sequence[float] = "mean") -> ImageTransform:
     """The person-image transform: train = resize, flip, pad+crop, normalise, erase; eval = resize,
-    normalise. `pad` only acts together with `random_crop`."""
+    normalise. `pad` only acts together with `random_crop`; `erase_fill` as in `ImageTransform`."""
     return ImageTransform(height, width, train, flip=flip, pad=pad, random_crop=random_crop,
                           erasing=erasing, mean=mean, std=std, erase_fill=erase_fill)

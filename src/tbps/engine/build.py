@@ -24,7 +24,7 @@ def resolve_device(name: str | None) -> torch.device:
 
 def load_data(cfg: dict[str, Any]) -> Dataset:
     d = cfg["data"]
-    return load_dataset(d["dataset"], d["root"], check_images=d.get("check_images", True))
+    return load_dataset(d["dataset"], d["root"], check_images=d["check_images"])
 
 
 def build_tokenizer(cfg: dict[str, Any], dataset: Dataset | None, run_dir: Path | None):
@@ -32,13 +32,13 @@ def build_tokenizer(cfg: dict[str, Any], dataset: Dataset | None, run_dir: Path 
     saved = run_dir / "tokenizer" if run_dir is not None else None
     if saved is not None and saved.is_dir():
         return load_tokenizer(saved)
-    kind = cfg["data"].get("tokenizer", "trained")
+    kind = cfg["data"]["tokenizer"]
     if kind == "trained":
         if dataset is None:
             raise ValueError("a trained tokenizer needs the training captions")
-        extra = list(cfg["data"].get("tokenizer_extra_special", []))
+        extra = list(cfg["data"]["tokenizer_extra_special"])
         tok = TrainedTokenizer.train((s.caption for s in dataset.train),
-                                     vocab_size=int(cfg["data"].get("tokenizer_vocab_size", 4000)), extra_special=extra)
+                                     vocab_size=int(cfg["data"]["tokenizer_vocab_size"]), extra_special=extra)
     elif kind == "clip-bpe":  # data.tokenizer_path, else the checkpoint folder, else the copy shipped in tbps
         ckpt_dir = checkpoint_folder(cfg.get("backbone", {}).get("pretrained"))
         tok = ClipBpeTokenizer(find_clip_bpe(cfg["data"].get("tokenizer_path"), ckpt_dir))
@@ -52,7 +52,7 @@ def build_tokenizer(cfg: dict[str, Any], dataset: Dataset | None, run_dir: Path 
     else:
         if not Path(kind).expanduser().exists():
             raise FileNotFoundError(f"data.tokenizer: {kind} is not trained, clip-bpe or bert-wordpiece, and no such "
-                                    "tokenizer folder exists (for CADA: a bert-base-uncased folder holding vocab.txt)")
+                                    "tokenizer folder exists (for bert-wordpiece: a bert-base-uncased folder holding vocab.txt)")
         tok = load_tokenizer(kind)
     if saved is not None:
         tok.save(saved)
@@ -63,7 +63,8 @@ def build_transforms(cfg: dict[str, Any], image_size: tuple[int, int]):
     aug = cfg["data"].get("augment", {}) or {}
     h, w = image_size
     train = build_transform(h, w, True, flip=aug.get("flip", True), pad=aug.get("pad", 10),
-                            random_crop=aug.get("random_crop", True), erasing=aug.get("erasing", 0.5))
+                            random_crop=aug.get("random_crop", True), erasing=aug.get("erasing", 0.5),
+                            erase_fill=aug.get("erase_fill", "mean"))
     test = build_transform(h, w, False)
     return train, test
 
@@ -87,6 +88,7 @@ def build_model(cfg: dict[str, Any], tokenizer: Any, num_classes: int, load_pret
     if b.get("pretrained") and load_pretrained:
         report = load_pretrained_weights(method, b["pretrained"], allow_missing=b.get("pretrained_allow_missing") or (),
                                          trust_pickle=bool(b.get("pretrained_trust_pickle", False)),
+                                         pos_interpolation=b.get("pos_interpolation", "bicubic"),
                                          what=f"backbone.pretrained ({b['name']} weights)")
         print(f"pretrained: {report.summary()}")
     return method

@@ -27,13 +27,25 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU copies of the tensors, a tensor tied under two names (e.g. a tied LM head) stored once per
+    name: safetensors refuses tensors that share memory. Loading fills the tied tensor twice, alike."""
+    out, seen = {}, set()
+    for k, v in state.items():
+        v = v.detach().contiguous().cpu()
+        ptr = v.untyped_storage().data_ptr()
+        out[k] = v.clone() if ptr in seen else v
+        seen.add(ptr)
+    return out
+
+
 def save_checkpoint(folder: str | Path, model: torch.nn.Module, trainer_state: dict[str, Any] | None,
                     meta: dict[str, Any]) -> Path:
     folder = Path(folder)
     tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = _unshared(model.state_dict())
     save_file(state, str(tmp / "model.safetensors"))
     if trainer_state is not None:
         torch.save(trainer_state, tmp / "trainer_state.pt")

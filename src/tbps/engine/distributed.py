@@ -29,6 +29,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+# the collectives the losses use live below methods/ (methods must not import the engine)
+from ..collectives import (all_gather_cat, all_gather_with_grad, all_reduce_sum, get_rank, get_world_size,
+                           is_distributed)
+
 __all__ = [
     "DistInfo",
     "init_distributed",
@@ -72,7 +76,7 @@ def init_distributed(backend: str | None = None, device: str | None = "auto", ti
     """Join the process group torchrun describes in the environment (no-op for one process).
 
     backend: None/"auto" picks `nccl` when the run uses CUDA, else `gloo`. The timeout is long
-    because every rank waits while the others validate (a CADA re-ranking pass takes minutes).
+    because every rank waits while the others validate (a re-ranking validation pass takes minutes).
     """
     if dist.is_available() and dist.is_initialized():  # a caller (a test, a notebook) set it up
         return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")),
@@ -98,18 +102,6 @@ def cleanup_distributed(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
-def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def get_rank() -> int:
-    return dist.get_rank() if is_distributed() else 0
-
-
-def get_world_size() -> int:
-    return dist.get_world_size() if is_distributed() else 1
-
-
 def is_main_process() -> bool:
     return get_rank() == 0
 
@@ -117,63 +109,6 @@ def is_main_process() -> bool:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
-
-
-class _AllGatherWithGrad(torch.autograd.Function):
-    """Concatenate every rank's tensor along dim 0 (equal sizes); the backward sums the gradient
-    of this rank's slice over all ranks (each rank's loss used every slice)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        world, rank = dist.get_world_size(), dist.get_rank()
-        parts = [torch.empty_like(x) for _ in range(world)]
-        dist.all_gather(parts, x.contiguous())
-        ctx.rank, ctx.size = rank, x.shape[0]
-        return torch.cat(parts, 0)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad[ctx.rank * ctx.size:(ctx.rank + 1) * ctx.size]
-
-
-def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """[b, ...] on each rank -> [N * b, ...] in rank order, differentiable; identity for one process.
-
-    Every rank must pass the same shape (the sharded sampler gives each rank B / N samples).
-    """
-    if not is_distributed():
-        return x
-    return _AllGatherWithGrad.apply(x)
-
-
-@torch.no_grad()
-def all_gather_cat(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate every rank's tensor along dim 0 (sizes may differ; no gradient)."""
-    if not is_distributed():
-        return x
-    world = dist.get_world_size()
-    n = torch.tensor([x.shape[0]], device=x.device, dtype=torch.long)
-    sizes = [torch.zeros_like(n) for _ in range(world)]
-    dist.all_gather(sizes, n)
-    sizes_l = [int(s) for s in sizes]
-    biggest = max(sizes_l)
-    if x.shape[0] < biggest:
-        x = torch.cat([x, x.new_zeros((biggest - x.shape[0], *x.shape[1:]))], 0)
-    parts = [torch.empty_like(x) for _ in range(world)]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat([p[:s] for p, s in zip(parts, sizes_l)], 0)
-
-
-@torch.no_grad()
-def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
-    """A detached copy of `x` summed over ranks (`x` itself for one process)."""
-    if not is_distributed():
-        return x
-    out = x.detach().clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out
 
 
 @torch.no_grad()

@@ -63,17 +63,18 @@ def evaluate(method: Method, split: EvalSplit, tokenizer: Any, transform: Callab
              report_dir: str | Path | None = None) -> dict[str, Any]:
     """-> {task: {"R1", "R5", "R10", "mAP", "mINP", ...}} for every task the method scores.
 
-    With `validation`, the method's `on_validation` hook sees the features first. If the method
-    has an `extra_report` hook, its results are returned under the key "extra".
+    With `validation`, the method's `on_validation` hook sees the features first. What the
+    method's `extra_report` hook returns (unless None) is returned under the key "extra".
     """
     text_feats, image_feats = encode_split(method, split, tokenizer, transform, max_len, device, batch_size,
                                            num_workers, progress)
-    if validation and hasattr(method, "on_validation"):
+    if validation:
         method.on_validation(text_feats, image_feats, split)
     scores = method.score(text_feats, image_feats, split=split, **(score_kwargs or {}))
     qp = torch.tensor(split.caption_pids)
     gp = torch.tensor(split.image_pids)
     results: dict[str, Any] = {task: rank_metrics(sim, qp, gp) for task, sim in scores.items()}
-    if hasattr(method, "extra_report"):
-        results["extra"] = method.extra_report(text_feats, image_feats, split, scores, report_dir)
+    extra = method.extra_report(text_feats, image_feats, split, scores, report_dir)
+    if extra is not None:
+        results["extra"] = extra
     return results

@@ -7,11 +7,11 @@ from typing import Any
 
 import torch
 
-from ..config import load_config
 from ..methods import Method
 from .build import build_model, build_tokenizer, build_transforms, image_size_of, load_data, resolve_device
 from .checkpoint import load_model_weights, resolve_checkpoint
 from .evaluator import evaluate
+from .experiment import load_experiment_config
 
 
 @dataclass
@@ -55,14 +55,14 @@ def find_checkpoint(path: str | Path, which: str | None = None) -> tuple[Path, P
 
 def load_run(path: str | Path, which: str | None = None, device: str | None = None) -> LoadedRun:
     run_dir, ckpt = find_checkpoint(path, which)
-    cfg = load_config(run_dir / "config.yaml", [])
+    cfg = load_experiment_config(run_dir / "config.yaml")  # strict: a stale or edited key is refused
     tokenizer = build_tokenizer(cfg, None, run_dir)
     import json
 
     meta = json.loads((ckpt / "meta.json").read_text())
     method = build_model(cfg, tokenizer, int(meta["num_classes"]), load_pretrained=False)  # trained weights follow
     load_model_weights(ckpt, method)
-    dev = resolve_device(device or cfg["train"].get("device", "auto"))
+    dev = resolve_device(device or cfg["train"]["device"])
     method.to(dev).eval()
     return LoadedRun(run_dir, ckpt, cfg, tokenizer, method, meta, dev)
 
@@ -78,9 +78,9 @@ def evaluate_run(path: str | Path, split: str = "test", checkpoint: str | None =
     if eval_split is None:
         raise ValueError(f"dataset {run.cfg['data']['dataset']} has no {split} split")
     metrics = evaluate(run.method, eval_split, run.tokenizer, run.test_transform(), run.max_len, run.device,
-                       int(run.cfg.get("eval", {}).get("batch_size", 128)), progress=progress,
+                       int(run.cfg["eval"]["batch_size"]), progress=progress,
                        score_kwargs=score_kwargs, report_dir=report_dir)
-    info = {"method": run.cfg["method"]["name"], "checkpoint": str(run.checkpoint), "run_dir": str(run.run_dir),
+    info = {"method": run.method.name, "checkpoint": str(run.checkpoint), "run_dir": str(run.run_dir),
             "num_queries": eval_split.num_queries, "num_images": eval_split.num_images,
             "epoch": run.meta.get("epoch")}
     return metrics, info

@@ -14,6 +14,7 @@ Run folder layout:
 from __future__ import annotations
 
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -34,25 +35,66 @@ from .evaluator import evaluate
 
 
 def build_optimizer(method: torch.nn.Module, tcfg: dict[str, Any]) -> torch.optim.Optimizer:
-    """Adam/AdamW with a larger learning rate for modules trained from scratch and no decay on
-    biases, norms and embeddings' 1-d parameters."""
-    lr, wd = float(tcfg["lr"]), float(tcfg.get("weight_decay", 0.0))
-    mult = float(tcfg.get("new_module_lr_mult", 1.0))
-    new = method.new_parameter_names()
+    """Adam/AdamW over parameter groups given by `train.param_groups` (see `parameter_settings`);
+    epsilon `train.eps` (official IRRA: 1e-3, the value its fp16 weights need)."""
+    lr = float(tcfg["lr"])
     groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
-    for name, p in method.named_parameters():
-        if not p.requires_grad:
-            continue
-        key = (lr * (mult if name in new else 1.0), 0.0 if p.ndim < 2 else wd)
-        groups.setdefault(key, []).append(p)
+    params_by_name = dict(method.named_parameters())
+    for name, (mult, wd) in parameter_settings(method, tcfg).items():
+        groups.setdefault((lr * mult, wd), []).append(params_by_name[name])
     params = [{"params": ps, "lr": glr, "weight_decay": gwd} for (glr, gwd), ps in sorted(groups.items())]
-    name = tcfg.get("optimizer", "adam").lower()
-    betas = tuple(tcfg.get("betas", (0.9, 0.999)))
+    name = tcfg["optimizer"].lower()
+    betas = tuple(tcfg["betas"])
+    eps = float(tcfg["eps"])
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=betas, eps=1e-8)
+        return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=betas, eps=1e-8)
+        return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps)
     raise ValueError(f"unknown train.optimizer {name!r}; use adam or adamw")
+
+
+_RULE_KEYS = {"match", "max_ndim", "lr_mult", "weight_decay"}
+
+
+def parameter_settings(method: torch.nn.Module, tcfg: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """(learning-rate factor, weight decay) of every trainable parameter, by name.
+
+    `train.param_groups: null` is tbps's rule: parameters outside the backbone learn
+    `new_module_lr_mult` times faster; 1-d parameters (biases, norm gains, class embedding) get no
+    weight decay. Otherwise it is an ordered list of rules, each with an optional `match` (regular
+    expression searched in the parameter name), an optional `max_ndim` (only parameters with at most
+    that many dimensions) and the `lr_mult` and/or `weight_decay` it sets; every parameter starts at
+    (1, train.weight_decay) and each rule that applies overrides what it names, later rules winning.
+    The official IRRA rule (solver/build.py) in tbps's names is in irra_cuhk.yaml.
+    """
+    wd = float(tcfg["weight_decay"])
+    trainable = [(n, p) for n, p in method.named_parameters() if p.requires_grad]
+    rules = tcfg["param_groups"]
+    if rules is None:
+        mult = float(tcfg["new_module_lr_mult"])
+        new = method.new_parameter_names()
+        return {n: (mult if n in new else 1.0, 0.0 if p.ndim < 2 else wd) for n, p in trainable}
+    if not isinstance(rules, list):
+        raise ValueError(f"train.param_groups must be null or a list of rules, got {rules!r}")
+    compiled = []
+    for i, rule in enumerate(rules):
+        if not isinstance(rule, dict) or not rule or set(rule) - _RULE_KEYS:
+            raise ValueError(f"train.param_groups[{i}]: {rule!r} is not a rule; use keys {sorted(_RULE_KEYS)}")
+        try:
+            pattern = re.compile(str(rule.get("match", "")))
+        except re.error as err:
+            raise ValueError(f"train.param_groups[{i}].match: {rule['match']!r} is not a regular expression: "
+                             f"{err}") from None
+        compiled.append((pattern, rule))
+    out = {}
+    for n, p in trainable:
+        mult, decay = 1.0, wd
+        for pattern, rule in compiled:
+            if pattern.search(n) and p.ndim <= int(rule.get("max_ndim", p.ndim)):
+                mult = float(rule.get("lr_mult", mult))
+                decay = float(rule.get("weight_decay", decay))
+        out[n] = (mult, decay)
+    return out
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
@@ -127,30 +169,30 @@ def build_train_loader(cfg: dict[str, Any], dataset: Any, tokenizer: Any, method
     decoded, resized images held in memory.
     """
     tcfg, dcfg = cfg["train"], cfg["data"]
-    seed = int(cfg.get("seed", 0))
+    seed = int(cfg["seed"])
     max_len = int(dcfg["max_text_len"])
-    extras = getattr(method, "collate_extras", None)
-    if extras is not None and dcfg.get("cache_attributes", True):
+    extras = method.collate_extras if method.capabilities().caption_extras else None
+    if extras is not None and dcfg["cache_attributes"]:
         t0 = time.time()
         n = warm_collate_extras(extras, [s.caption for s in dataset.train], tokenizer, max_len)
         log(f"attribute spans of {n} captions computed once ({time.time() - t0:.1f} s)")
     cache = None
-    if dcfg.get("cache_images", False):
+    if dcfg["cache_images"]:
         t0 = time.time()
         h, w = transform.height, transform.width
-        cache = ImageCache([s.image_path for s in dataset.train], h, w, threads=dcfg.get("cache_threads"))
+        cache = ImageCache([s.image_path for s in dataset.train], h, w, threads=dcfg["cache_threads"])
         log(f"image cache: {len(cache.row)} images at {h}x{w}, {cache.nbytes / 2**20:.0f} MiB "
             f"({time.time() - t0:.1f} s)")
     pairs = TrainPairs(dataset.train, transform, seed, image_cache=cache)
-    sampler = EpochSampler(len(pairs), seed, [s.pid for s in dataset.train], int(dcfg.get("instances_per_id", 1)))
+    sampler = EpochSampler(len(pairs), seed, [s.pid for s in dataset.train], int(dcfg["instances_per_id"]))
     batches = ShardedBatchSampler(sampler, int(tcfg["batch_size"]), rank, world_size)
-    workers = int(dcfg.get("num_workers", 0))
-    pin = dcfg.get("pin_memory", "auto")
+    workers = int(dcfg["num_workers"])
+    pin = dcfg["pin_memory"]
     pin = device.type == "cuda" if pin in (None, "auto") else bool(pin) and device.type == "cuda"
     extra_args: dict[str, Any] = {}
     if workers > 0:
-        extra_args["persistent_workers"] = bool(dcfg.get("persistent_workers", True))
-        extra_args["prefetch_factor"] = int(dcfg.get("prefetch_factor", 2))
+        extra_args["persistent_workers"] = bool(dcfg["persistent_workers"])
+        extra_args["prefetch_factor"] = int(dcfg["prefetch_factor"])
     loader = DataLoader(pairs, batch_sampler=batches, num_workers=workers,
                         collate_fn=TrainCollate(tokenizer, max_len, extras), pin_memory=pin, **extra_args)
     return loader, batches, pairs
@@ -181,7 +223,7 @@ def optimisation_step(model: torch.nn.Module, batch: dict[str, Any], optimizer: 
 
 
 def train_device(tcfg: dict[str, Any], dist_info: DistInfo) -> torch.device:
-    device = resolve_device(tcfg.get("device", "auto"))
+    device = resolve_device(tcfg["device"])
     if dist_info.enabled and device.type == "cuda":
         return torch.device("cuda", dist_info.local_rank)  # one GPU per process
     return device
@@ -195,7 +237,7 @@ def train(cfg: dict[str, Any], run_dir: str | Path, resume: bool = False, progre
     Under torchrun every process calls this; rank 0 alone writes logs and checkpoints.
     """
     tcfg = cfg["train"]
-    dist_info = init_distributed(tcfg.get("dist_backend", "auto"), tcfg.get("device", "auto"))
+    dist_info = init_distributed(tcfg["dist_backend"], tcfg["device"])
     summary = _train(cfg, Path(run_dir), resume, progress, dist_info)
     cleanup_distributed(dist_info)  # not reached after an error: torchrun stops the other ranks
     return summary
@@ -206,7 +248,7 @@ def _train(cfg: dict[str, Any], run_dir: Path, resume: bool, progress: bool, dis
     main = dist_info.is_main
     log = print if main else (lambda *a, **k: None)
     progress = progress and main
-    seed = int(cfg.get("seed", 0))
+    seed = int(cfg["seed"])
     last_dir = run_dir / "checkpoints" / "last"
     resume_from = resolve_checkpoint(last_dir) if resume else None
     if resume and resume_from is None:
@@ -219,7 +261,7 @@ def _train(cfg: dict[str, Any], run_dir: Path, resume: bool, progress: bool, dis
         save_config(cfg, run_dir / "config.yaml")
     seed_everything(seed)
     device = train_device(tcfg, dist_info)
-    amp = check_amp(tcfg.get("amp"), device)
+    amp = check_amp(tcfg["amp"], device)
 
     dataset = load_data(cfg)
     if main:  # rank 0 trains and saves the tokenizer; the others load it
@@ -228,13 +270,13 @@ def _train(cfg: dict[str, Any], run_dir: Path, resume: bool, progress: bool, dis
     if not main:
         tokenizer = build_tokenizer(cfg, dataset, run_dir)
     method = build_model(cfg, tokenizer, dataset.num_train_ids, load_pretrained=resume_from is None).to(device)
-    if tcfg.get("grad_checkpointing"):
+    if tcfg["grad_checkpointing"]:
         set_grad_checkpointing(method, True)
-    if tcfg.get("compile"):
-        compile_transformers(method, **(tcfg.get("compile_options") or {}))
+    if tcfg["compile"]:
+        compile_transformers(method, **(tcfg["compile_options"] or {}))
     model: torch.nn.Module = method
     if dist_info.enabled:
-        model = DistributedDataParallel(method, find_unused_parameters=bool(tcfg.get("find_unused_parameters", False)))
+        model = DistributedDataParallel(method, find_unused_parameters=bool(tcfg["find_unused_parameters"]))
     train_tf, test_tf = build_transforms(cfg, image_size_of(method))
     max_len = int(dcfg["max_text_len"])
 
@@ -247,8 +289,8 @@ def _train(cfg: dict[str, Any], run_dir: Path, resume: bool, progress: bool, dis
     epochs = int(tcfg["epochs"])
     total_steps = epochs * steps_per_epoch
     optimizer = build_optimizer(method, tcfg)
-    scheduler = build_scheduler(optimizer, total_steps, int(float(tcfg.get("warmup_epochs", 0)) * steps_per_epoch),
-                                float(tcfg.get("min_lr_ratio", 0.0)))
+    scheduler = build_scheduler(optimizer, total_steps, int(float(tcfg["warmup_epochs"]) * steps_per_epoch),
+                                float(tcfg["min_lr_ratio"]))
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_r1": -1.0, "best_epoch": None}
@@ -266,23 +308,23 @@ def _train(cfg: dict[str, Any], run_dir: Path, resume: bool, progress: bool, dis
     tb = _tensorboard(run_dir / "tb") if main else None
     if logger is not None and dist_info.enabled:
         logger.log({"step": state["global_step"], "world_size": dist_info.world_size, "backend": dist_info.backend,
-                    "per_process_batch": batch_size // dist_info.world_size})
+                    "per_process_batch": batches.local_size})
 
     def checkpoint(name: str, meta_extra: dict[str, Any] | None = None) -> None:
         if not main:
             return
         trainer_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                          "scaler": scaler.state_dict(), "counters": dict(state), "torch_rng": torch.get_rng_state()}
-        meta = {"method": cfg["method"]["name"], "backbone": cfg["backbone"]["name"], "num_classes": dataset.num_train_ids,
+        meta = {"method": method.name, "backbone": cfg["backbone"]["name"], "num_classes": dataset.num_train_ids,
                 **{k: state[k] for k in ("epoch", "step_in_epoch", "global_step", "best_r1")}, **(meta_extra or {})}
         save_checkpoint(run_dir / "checkpoints" / name, method, trainer_state if name == "last" else None, meta)
 
-    ckpt_every = int(tcfg.get("ckpt_every_steps", 0) or 0)
-    log_every = int(tcfg.get("log_every", 10))
-    stop_after = tcfg.get("stop_after_steps")  # simulates a killed run (tests, debugging)
+    ckpt_every = int(tcfg["ckpt_every_steps"] or 0)
+    log_every = int(tcfg["log_every"])
+    stop_after = tcfg["stop_after_steps"]  # simulates a killed run (tests, debugging)
     val_split = dataset.val
     val_metrics: dict[str, Any] | None = None
-    grad_clip = tcfg.get("grad_clip")
+    grad_clip = tcfg["grad_clip"]
     start_time = time.time()
     pairs_seen, train_seconds = 0, 0.0  # throughput counts training steps only, not validation
 
@@ -327,11 +369,11 @@ def _train(cfg: dict[str, Any], run_dir: Path, resume: bool, progress: bool, dis
         bar.close()
         train_seconds += time.time() - epoch_t
         state["epoch"], state["step_in_epoch"] = epoch + 1, 0
-        eval_every = int(tcfg.get("eval_every", 1))
+        eval_every = int(tcfg["eval_every"])
         if val_split is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
             # every process encodes a shard of the split; all of them score the gathered features
             val_metrics = evaluate(method, val_split, tokenizer, test_tf, max_len, device,
-                                   int(cfg.get("eval", {}).get("batch_size", 128)), progress=progress, validation=True)
+                                   int(cfg["eval"]["batch_size"]), progress=progress, validation=True)
             val_metrics.pop("extra", None)
             r1 = max(m["R1"] for m in val_metrics.values())
             if main:

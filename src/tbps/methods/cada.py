@@ -15,7 +15,7 @@ features (with gradient) can be inserted in front of them without touching the l
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,9 +24,11 @@ from ..data.attributes import attribute_char_mask, find_attribute_phrases, token
 from ..models import Backbone
 from ..models.heads import LMHead, MatchHead
 from ..models.text import BertTextModel
-from . import METHODS
-from .base import Method, shard_of
+from . import register
+from .base import Capabilities, Method, Ranking, cosine, shard_of
 from .losses import gather, global_mean, identity_targets, masked_token_loss
+from .maps import Associations, collect_maps, token_maps
+from .masking import pad_tokens as _pad_to
 
 DEFAULTS: dict[str, Any] = {
     "logit_scale": 50.0,             # fixed NDF logit scale (1 / 0.02)
@@ -42,6 +44,8 @@ DEFAULTS: dict[str, Any] = {
     "ara_phrase_prob": 0.8,          # per attribute phrase (phrase mode)
     "attribute_include_person": False,  # also mask person nouns (man, woman ...) like POS tagging would
     "decoder_layers": None,          # text decoder depth; null = the backbone's text depth
+    "ara_start_token": "dec",        # the decoder's first input in ARA: dec ([DEC], BLIP's captioning) | cls (official)
+    "tie_lm_head": False,            # true: the LM head's matrix is the decoder's word embeddings (official)
     "rerank_k": [32],                # top-k images re-scored per query; one reported task per k
     "rerank_batch": 512,             # (text, image) pairs per matching forward pass at inference
     "loss_weights": {"glb": 1.0, "atp": 1.0, "ara": 0.1},  # official code; the paper: glb 0.1, ara 1
@@ -177,8 +181,10 @@ def ara_mask(ids: torch.Tensor, attention_mask: torch.Tensor, special_ids: set[i
 
 # ----------------------------------------------------------------------------- the method
 
-@METHODS.register("cada")
+@register("cada")
 class CADA(Method):
+    defaults = DEFAULTS  # the one source of this method's config keys and their defaults
+
     def __init__(self, cfg: dict[str, Any], backbone: Backbone, num_classes: int, tokenizer: Any) -> None:
         cfg = {**DEFAULTS, **cfg, "loss_weights": {**DEFAULTS["loss_weights"], **cfg.get("loss_weights", {})}}
         super().__init__(cfg, backbone, num_classes, tokenizer)
@@ -193,6 +199,8 @@ class CADA(Method):
                              f"['[ENC]', '[DEC]']): {err}") from None
         if cfg["hard_negative"] not in ("argmax", "sample"):
             raise ValueError(f"cada: hard_negative={cfg['hard_negative']!r}; use 'argmax' (official) or 'sample'")
+        if cfg["ara_start_token"] not in ("dec", "cls"):
+            raise ValueError(f"cada: ara_start_token={cfg['ara_start_token']!r}; use 'dec' or 'cls' (official)")
         if cfg["group_pooling"] == "official" and cfg["official_group_len"] > bc.context_length:
             raise ValueError(f"group_pooling=official pads texts to official_group_len={cfg['official_group_len']}, "
                              f"more than the context length {bc.context_length}; lower method.official_group_len")
@@ -200,10 +208,19 @@ class CADA(Method):
         layers = int(cfg["decoder_layers"] or bc.text_layers)
         # BLIP's text decoder: same BERT, causal self-attention, cross-attention to every image token.
         self.text_decoder = BertTextModel(bc.vocab_size, bc.context_length, bc.text_width, layers, bc.text_heads,
-                                          cross_width=bc.vision_width, grad_checkpointing=bc.grad_checkpointing)
+                                          cross_width=bc.vision_width, grad_checkpointing=bc.grad_checkpointing,
+                                          dropout=bc.text_dropout)
         self.lm_head = LMHead(bc.text_width, bc.vocab_size)
+        if cfg["tie_lm_head"]:  # as the official decoder under transformers 4.x (tie_word_embeddings)
+            self.lm_head.decoder.weight = self.text_decoder.embeddings.word_embeddings.weight
         self.itm_head = MatchHead(bc.text_width)
         self.group_head = MatchHead(bc.text_width)
+
+    def capabilities(self) -> Capabilities:
+        """Re-ranking of a top K by the matching head (which reads each image's tokens), and the
+        image-grounded encoder's cross-attention as association maps."""
+        return Capabilities(rerank=True, default_rerank=self.rerank_ks[0] if self.rerank_ks else 0,
+                            association_maps=True, index_features=("emb", "tokens"), caption_extras=True)
 
     # ------------------------------------------------------------------ data
     def collate_extras(self, captions: list[str], tokens: Any) -> dict[str, torch.Tensor]:
@@ -288,8 +305,9 @@ class CADA(Method):
         return itm, group
 
     def _ara_loss(self, batch: dict[str, Any], image_tokens: torch.Tensor) -> torch.Tensor:
-        """The causal decoder reads the attribute-masked caption ([DEC] first) and the image tokens;
-        logits at position i predict the original token at i (CE on the masked positions only)."""
+        """The causal decoder reads the attribute-masked caption ([DEC] first, or [CLS] as the official
+        code with ara_start_token=cls) and the image tokens; logits at position i predict the original
+        token at i (CE on the masked positions only)."""
         tok = batch["tokens"]
         ids, mask = tok["ids"], tok["attention_mask"]
         if "attr_flags" not in batch:  # batches built without the training collate (e.g. by hand)
@@ -302,7 +320,8 @@ class CADA(Method):
                                   flags=glob["attr_flags"].cpu(), phrase_ids=glob["attr_phrase_ids"].cpu(),
                                   mode=mode, prob=self.cfg["ara_prob" if mode == "token" else "ara_phrase_prob"])
         masked, labels = masked[rows].to(ids.device), labels[rows].to(ids.device)
-        masked[:, 0] = self.dec_id
+        if self.cfg["ara_start_token"] == "dec":
+            masked[:, 0] = self.dec_id
         hidden = self.text_decoder(masked, mask, image_tokens, causal=True)
         chosen = labels != -100
         logits = self.lm_head(hidden[chosen])
@@ -329,19 +348,40 @@ class CADA(Method):
         return {"emb": F.normalize(emb.float(), dim=-1), "ids": ids, "mask": mask.bool()}
 
     @torch.no_grad()
-    def score(self, text_feats: dict[str, torch.Tensor], image_feats: dict[str, torch.Tensor],
+    def score(self, text_feats: dict[str, torch.Tensor], image_feats: Mapping[str, torch.Tensor],
               rerank_k: int | Sequence[int] | None = None, **kwargs: Any) -> dict[str, torch.Tensor]:
         """{"t2i": cosine, "t2i-rerank@K": two-stage scores} for every K in `rerank_k` (config default)."""
-        sim = text_feats["emb"].float() @ image_feats["emb"].float().t()
+        sim = cosine(text_feats, image_feats)
         out = {"t2i": sim}
         for k in (self.rerank_ks if rerank_k is None else _as_list(rerank_k)):
             out[f"t2i-rerank@{k}"] = self.rerank(sim, text_feats, image_feats, k)
         return out
 
     @torch.no_grad()
-    def rerank(self, sim: torch.Tensor, text_feats: dict[str, torch.Tensor], image_feats: dict[str, torch.Tensor],
+    def rank(self, query: dict[str, torch.Tensor], candidates: Mapping[str, torch.Tensor],
+             first_stage: torch.Tensor, rerank: int = 0) -> Ranking:
+        """Cosine, or with `rerank` = K the two-stage scores of `score(..., rerank_k=K)`, plus the
+        matching head's probability of "matched" for each re-ranked candidate."""
+        sim = cosine(query, candidates)
+        if not rerank:
+            return Ranking(sim[0])
+        final, prob, top_idx = self._rerank(sim, query, candidates, rerank)
+        n = sim.shape[1]
+        reranked = torch.zeros(n, dtype=torch.bool)
+        reranked[top_idx[0]] = True
+        probability = torch.full((n,), float("nan"))
+        probability[top_idx[0]] = prob[0]
+        return Ranking(final[0], reranked=reranked, match_probability=probability)
+
+    @torch.no_grad()
+    def rerank(self, sim: torch.Tensor, text_feats: dict[str, torch.Tensor], image_feats: Mapping[str, torch.Tensor],
                k: int, batch_pairs: int | None = None) -> torch.Tensor:
-        """Top-k images of each query -> itm logit("matched") + cosine; every other image -> cosine - 100.
+        """Top-k images of each query -> itm logit("matched") + cosine; every other image -> cosine - 100."""
+        return self._rerank(sim, text_feats, image_feats, k, batch_pairs)[0]
+
+    def _rerank(self, sim: torch.Tensor, text_feats: dict[str, torch.Tensor], image_feats: Mapping[str, torch.Tensor],
+                k: int, batch_pairs: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (final scores [Q, G], match probability [Q, k] and gallery index [Q, k] of the re-ranked).
 
         The (query, image) pairs are scored in chunks of `batch_pairs` through one forward pass each;
         queries are visited shortest first so a chunk is trimmed to little padding. Gallery tokens
@@ -360,26 +400,41 @@ class CADA(Method):
         q_idx = order.repeat_interleave(k)
         slot = torch.arange(k).repeat(Q)
         g_idx = top_idx[q_idx, slot]
-        match = torch.empty(Q, k)
+        match, prob = torch.empty(Q, k), torch.empty(Q, k)
         for s in range(0, Q * k, batch_pairs):
             qi, gi, si = q_idx[s:s + batch_pairs], g_idx[s:s + batch_pairs], slot[s:s + batch_pairs]
             L = max(1, int(lengths[qi].max()))
             t_ids = ids[qi, :L].to(device)
             t_ids[:, 0] = self.enc_id
             hidden = self.backbone.text(t_ids, mask[qi, :L].to(device), gallery[gi.to(device)].to(dtype))
-            match[qi, si] = self.itm_head.match_logit(hidden[:, 0]).float().cpu()
+            logits = self.itm_head(hidden[:, 0]).float()
+            match[qi, si] = self.itm_head.match_logit_of(logits).cpu()
+            prob[qi, si] = self.itm_head.match_probability_of(logits).cpu()
         final = sim.float() - 100.0
         final.scatter_(1, top_idx, match + top_sim.float())
-        return final
+        return final, prob, top_idx
 
-
-def _pad_to(ids: torch.Tensor, mask: torch.Tensor, length: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad (or keep) token ids and mask to `length` positions."""
-    extra = length - ids.shape[1]
-    if extra <= 0:
-        return ids, mask
-    return (torch.cat([ids, ids.new_full((ids.shape[0], extra), pad_id)], 1),
-            torch.cat([mask, mask.new_zeros((mask.shape[0], extra))], 1))
+    # ------------------------------------------------------------------ association maps
+    @torch.no_grad()
+    def association_maps(self, image: torch.Tensor, text: str, max_len: int, layers: str | int = "all"
+                         ) -> Associations:
+        """Cross-attention of the image-grounded encoder reading `text` ([ENC] first) on `image`
+        [1, 3, H, W], with the matching head's probability and the cosine of the global features."""
+        bb = self.backbone
+        device = self.itm_head.weight.device
+        tb = self.tokenizer.encode([text], max_len)
+        n = int(tb.attention_mask[0].sum())
+        ids, mask = tb.ids[:, :n].to(device), tb.attention_mask[:, :n].to(device)
+        enc_ids = ids.clone()
+        enc_ids[:, 0] = self.enc_id
+        images = image.to(device)
+        maps, hidden, _ = token_maps(bb, images, enc_ids, mask, layers)
+        match_prob = float(self.itm_head.match_probability(hidden[:, 0])[0])
+        img_emb, _ = bb.encode_image(images)
+        txt_emb, _ = bb.encode_text(ids, mask)
+        cos = float(F.cosine_similarity(img_emb.float(), txt_emb.float())[0])
+        return Associations(text, tuple(bb.visual.grid), str(layers), match_prob, cos,
+                            collect_maps(text, tb.offsets[0][:n], maps[0].cpu(), bool(self.cfg["attribute_include_person"])))
 
 
 def _as_list(k: int | Sequence[int]) -> list[int]:

@@ -1,6 +1,6 @@
 """Loss functions shared by the methods. Each takes features and labels, returns a scalar.
 
-Multi-process training (see `tbps.engine.distributed`): `gather` gives every rank the features of
+Multi-process training (see `tbps.engine.distributed`; the collectives are in `tbps.collectives`): `gather` gives every rank the features of
 the whole global batch (with gradient) for the batch-level losses, and `global_mean` turns a local
 sum into the share of the global-batch mean that makes the mean over ranks equal to it. With one
 process both are the identity and plain division, so single-process results do not change.
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..engine.distributed import all_gather_with_grad, all_reduce_sum, get_world_size, is_distributed
+from ..collectives import all_gather_with_grad, all_reduce_sum, get_world_size, is_distributed
 
 
 def gather(x: torch.Tensor) -> torch.Tensor:

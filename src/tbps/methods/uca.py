@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -57,8 +57,8 @@ from ..data.attributes import attribute_char_mask, find_attribute_words, token_a
 from ..models import Backbone
 from ..models.fusion import CrossModalEncoder, MLMHead
 from ..models.layers import MultiheadAttention
-from . import METHODS
-from .base import Method, shard_of
+from . import register
+from .base import Capabilities, Method, Ranking, cosine, shard_of
 from .distributions import (DISTANCES, fp32, kl_to_standard_normal, paired_distance, pairwise_distance,
                             sample_points, uncertainty)
 from .losses import gather, id_loss, masked_token_loss, sdm_from_logits
@@ -77,7 +77,7 @@ DEFAULTS: dict[str, Any] = {
     "rec_points": "samples",   # samples | mean | none
     "cross_layers": 4,         # self-attention layers after the decoder's cross-attention
     "score": "cosine",         # cosine | w2 | csd: the default ranking ("t2i")
-    "eval_scores": [],         # more rankings, reported as "t2i-<name>"
+    "eval_scores": ["cosine", "w2", "csd"],  # also reported, as "t2i-<name>" (t2i-w2, t2i-csd)
     "score_chunk": 1024,       # queries per chunk for -W2 / -CSD over a gallery
     "uncertainty": "mean_var",  # mean_var (mean sigma^2) | trace (tr S)
     "calibration": "top1",     # top1 | all
@@ -163,8 +163,10 @@ def attribute_flags(captions: list[str], tokens: Any, length: int | None = None)
     return flags
 
 
-@METHODS.register("uca")
+@register("uca")
 class UCA(Method):
+    defaults = DEFAULTS  # the one source of this method's config keys and their defaults
+
     def __init__(self, cfg: dict[str, Any], backbone: Backbone, num_classes: int, tokenizer: Any) -> None:
         cfg = {**DEFAULTS, **cfg, "loss_weights": {**DEFAULTS["loss_weights"], **cfg.get("loss_weights", {})}}
         for key, allowed in (("distance", DISTANCES), ("score", SCORES), ("rec_points", ("samples", "mean", "none")),
@@ -194,6 +196,10 @@ class UCA(Method):
         self.register_buffer("calib_a", torch.tensor(1.0 / cfg["tau_d"]))
         self.register_buffer("calib_b", torch.tensor(0.0))
         self.register_buffer("calib_fitted", torch.tensor(0.0))
+
+    def capabilities(self) -> Capabilities:
+        """Calibrated match probabilities and uncertainties, from the images' stored log-variances."""
+        return Capabilities(uncertainty=True, index_features=("emb", "logvar"), caption_extras=True)
 
     # ------------------------------------------------------------------ distributions
     def _distribution(self, head: VarianceHead, emb: torch.Tensor, tokens: torch.Tensor | None = None,
@@ -333,12 +339,12 @@ class UCA(Method):
                                       need_tokens=False)
         return {"emb": mu, "logvar": logvar}
 
-    def similarity(self, name: str, text_feats: dict[str, torch.Tensor],
-                   image_feats: dict[str, torch.Tensor]) -> torch.Tensor:
+    def similarity(self, name: str, text_feats: Mapping[str, torch.Tensor],
+                   image_feats: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """[Q, G] similarity for one ranking: cosine of the means, -W2 or -CSD."""
         t, v = text_feats, image_feats
         if name == "cosine":
-            return t["emb"].float() @ v["emb"].float().t()
+            return cosine(t, v)
         return -pairwise_distance(name, t["emb"], t["logvar"], v["emb"], v["logvar"], int(self.cfg["score_chunk"]))
 
     @torch.no_grad()
@@ -351,6 +357,28 @@ class UCA(Method):
             if name != default:
                 out[f"t2i-{name}"] = self.similarity(name, text_feats, image_feats)
         return out
+
+    def search_candidates(self, k: int, rerank: int, total: int, exact_index: bool) -> int:
+        """Cosine ranking: the top k by cosine. -W2 / -CSD: every image of an exact index, else the
+        top max(10 k, 256) by cosine (the distances re-order them)."""
+        if self.cfg["score"] == "cosine":
+            return max(k, rerank)
+        return total if exact_index else max(10 * k, 256)
+
+    @torch.no_grad()
+    def rank(self, query: dict[str, torch.Tensor], candidates: Mapping[str, torch.Tensor],
+             first_stage: torch.Tensor, rerank: int = 0) -> Ranking:
+        """The configured ranking (as `score`'s "t2i"), each candidate's calibrated match probability
+        at its `distance` from the query and its uncertainty, and the query's uncertainty."""
+        kind = self.cfg["uncertainty"]
+        g_mu, g_lv = candidates["emb"].float(), candidates["logvar"].float()
+        n = len(g_mu)
+        d = paired_distance(self.cfg["distance"], query["emb"].expand(n, -1), query["logvar"].expand(n, -1),
+                            g_mu, g_lv)
+        return Ranking(self.similarity(self.cfg["score"], query, candidates)[0].float(),
+                       match_probability=self.match_probability(d), image_uncertainty=uncertainty(g_lv, kind),
+                       query_uncertainty=float(uncertainty(query["logvar"], kind)[0]),
+                       calibrated=bool(float(self.calib_fitted) > 0))
 
     # ------------------------------------------------------------------ uncertainty
     def _top1(self, text_feats: dict[str, torch.Tensor], image_feats: dict[str, torch.Tensor], split: Any,

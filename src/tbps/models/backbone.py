@@ -31,6 +31,7 @@ class BackboneConfig:
     embed_dim: int
     text_cross_attention: bool = False  # BLIP: every text layer can read image tokens
     grad_checkpointing: bool = False
+    text_dropout: float = 0.0  # BLIP layout: BERT's hidden and attention-probability dropout (BLIP: 0.1)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -73,7 +74,7 @@ class Backbone(nn.Module):
                                             grad_checkpointing=cfg.grad_checkpointing)
             self.text = BertTextModel(cfg.vocab_size, cfg.context_length, cfg.text_width, cfg.text_layers,
                                       cfg.text_heads, cross_width=cfg.vision_width if cfg.text_cross_attention else None,
-                                      grad_checkpointing=cfg.grad_checkpointing)
+                                      grad_checkpointing=cfg.grad_checkpointing, dropout=cfg.text_dropout)
             bias = True
         else:
             raise ValueError(f"unknown backbone family {cfg.family!r}; use 'clip' or 'blip'")

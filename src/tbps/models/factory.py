@@ -10,10 +10,12 @@ BACKBONE_CONFIGS: dict[str, BackboneConfig] = {
     "clip-vit-b16": BackboneConfig(family="clip", image_size=(384, 128), patch_size=16, vision_width=768,
                                    vision_layers=12, vision_heads=12, text_width=512, text_layers=12, text_heads=8,
                                    context_length=77, vocab_size=49408, embed_dim=512),
-    # BLIP base (ViT-B/16 + BERT-base with cross-attention), 224x224 as in the official CADA code.
+    # BLIP base (ViT-B/16 + BERT-base with cross-attention), 224x224 as in the official CADA code;
+    # BERT's dropout 0.1 as in BLIP's med_config.json.
     "blip-base": BackboneConfig(family="blip", image_size=(224, 224), patch_size=16, vision_width=768,
                                 vision_layers=12, vision_heads=12, text_width=768, text_layers=12, text_heads=12,
-                                context_length=512, vocab_size=30524, embed_dim=256, text_cross_attention=True),
+                                context_length=512, vocab_size=30524, embed_dim=256, text_cross_attention=True,
+                                text_dropout=0.1),
     # The same classes, scaled down for CPU training from scratch on the embedded benchmark.
     "tiny-clip": BackboneConfig(family="clip", image_size=(128, 64), patch_size=16, vision_width=256,
                                 vision_layers=4, vision_heads=4, text_width=256, text_layers=4, text_heads=4,

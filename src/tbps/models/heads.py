@@ -22,14 +22,26 @@ class MatchHead(nn.Linear):
 
     def match_logit(self, x: torch.Tensor) -> torch.Tensor:
         """The raw logit of the "matched" class, the re-ranking score of CADA's official code."""
-        return self(x)[..., self.MATCH]
+        return self.match_logit_of(self(x))
+
+    def match_probability(self, x: torch.Tensor) -> torch.Tensor:
+        """The probability of "matched" (softmax over the two classes), the one place it is computed."""
+        return self.match_probability_of(self(x))
+
+    @classmethod
+    def match_logit_of(cls, logits: torch.Tensor) -> torch.Tensor:
+        return logits[..., cls.MATCH]
+
+    @classmethod
+    def match_probability_of(cls, logits: torch.Tensor) -> torch.Tensor:
+        return logits.float().softmax(-1)[..., cls.MATCH]
 
 
 class LMHead(nn.Module):
     """BERT's prediction head: dense -> GELU -> LayerNorm -> vocabulary logits.
 
-    Not tied to the word embeddings: tied tensors cannot be stored in one safetensors file, and
-    BLIP checkpoints carry the decoder matrix explicitly anyway.
+    Its own matrix unless the method ties `decoder.weight` to a word-embedding table (CADA's
+    `method.tie_lm_head`, as the official decoder); checkpoints then store the tensor under both names.
     """
 
     def __init__(self, width: int, vocab_size: int, eps: float = 1e-12) -> None:

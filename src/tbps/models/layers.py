@@ -37,8 +37,10 @@ def padding_to_bias(key_padding: torch.Tensor | None, dtype: torch.dtype) -> tor
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding: torch.Tensor | None = None,
-           causal: bool = False, return_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Attention over [B, h, L, d] heads with an optional key padding mask and causal mask.
+           causal: bool = False, return_weights: bool = False,
+           dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Attention over [B, h, L, d] heads with an optional key padding mask and causal mask, and
+    `dropout` on the attention probabilities (BERT's; the caller passes 0 outside training).
 
     Uses the fused SDPA kernel unless the caller needs the attention probabilities
     (association maps), in which case the explicit softmax path returns them.
@@ -53,8 +55,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding: torch
     if return_weights:
         scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
         weights = (scores if bias is None else scores + bias).softmax(-1)
-        return weights @ v, weights
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=causal), None
+        return (F.dropout(weights, dropout) if dropout > 0 else weights) @ v, weights
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=causal, dropout_p=dropout), None
 
 
 class MultiheadAttention(nn.Module):

@@ -15,7 +15,8 @@ BLIP checkpoints fill the whole CADA model: the image encoder, the image-grounde
 (with its cross-attention), the projections, the ITM head, and (when the file has one, as
 `model_base.pth` does) the text decoder with its LM head. Momentum encoders, queues and the
 temperature are skipped. CLIP checkpoints fill the backbone; IRRA's / UCA's own modules stay at
-their initialisation. The image position table is interpolated (bicubic) from the checkpoint's
+their initialisation. The image position table is interpolated (bicubic, or bilinear as the official
+IRRA code with `pos_interpolation="bilinear"`) from the checkpoint's
 square grid to the model's, e.g. 14x14 -> 24x8 for 384x128 images; a longer text position table is
 cut to the model's context length.
 
@@ -24,22 +25,23 @@ tensor with no place in the model, or a shape that differs raises `PretrainedLoa
 them (layer indices folded, e.g. `blocks.{0-11}.attn.qkv.weight`). Modules that a checkpoint is
 known not to contain (a retrieval checkpoint has no text decoder) can be left at their random
 initialisation on purpose with `allow_missing=["text_decoder", "lm_head"]`.
+
+Files are read by `pretrained_files` and their keys converted by `pretrained_keys`; this module
+matches the converted tensors to a model and copies them in (and re-exports both).
 """
 from __future__ import annotations
 
-import json
-import pickle
 import re
-import warnings
-import zipfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Iterable, Mapping
 
 import torch
 from torch import nn
 
+from .pretrained_files import HF_WEIGHT_FILES, PretrainedLoadError, RawCheckpoint, checkpoint_folder, read_checkpoint
+from .pretrained_keys import LAYOUT_FAMILY, LAYOUT_NAMES, convert_state_dict, detect_layout
 from .vision import interpolate_pos_embedding, square_grid
 
 __all__ = [
@@ -53,324 +55,6 @@ __all__ = [
     "checkpoint_folder",
     "HF_WEIGHT_FILES",
 ]
-
-HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                   "pytorch_model.bin.index.json")
-
-LAYOUT_NAMES = {
-    "openai-clip": "OpenAI CLIP",
-    "hf-clip": "Hugging Face CLIP",
-    "blip": "BLIP (salesforce/BLIP)",
-    "hf-blip": "Hugging Face BLIP",
-}
-LAYOUT_FAMILY = {"openai-clip": "clip", "hf-clip": "clip", "blip": "blip", "hf-blip": "blip"}
-
-
-class PretrainedLoadError(ValueError):
-    """The checkpoint cannot fill the model: unknown layout, wrong family, missing/unexpected keys, shapes."""
-
-
-# ============================================================================ reading files
-
-@dataclass
-class RawCheckpoint:
-    path: Path
-    source: str                      # e.g. "TorchScript archive", "Hugging Face folder (model.safetensors)"
-    state: dict[str, torch.Tensor]
-    folder: Path | None = None       # the folder of a Hugging Face checkpoint (tokenizer files may sit there)
-    hf_config: dict[str, Any] | None = None
-
-
-def checkpoint_folder(path: str | Path | None) -> Path | None:
-    """The folder whose tokenizer files belong with the weights at `path` (a Hugging Face folder), if any."""
-    if not path:
-        return None
-    p = Path(path).expanduser()
-    return p if p.is_dir() else None
-
-
-def read_checkpoint(path: str | Path, what: str = "pretrained weights", trust_pickle: bool = False) -> RawCheckpoint:
-    """Read a TorchScript archive, a state dict file or a Hugging Face folder into CPU float tensors.
-
-    `what` names the file's purpose in error messages. Pickled files are read with
-    `weights_only=True`; a file that needs arbitrary unpickling is refused unless `trust_pickle`.
-    """
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(f"{what} not found: {p} (give a local path: OpenAI ViT-B-16.pt, BLIP model_base.pth, "
-                                "a state dict file or a Hugging Face model folder; nothing is downloaded)")
-    if p.is_dir():
-        return _read_hf_folder(p, what, trust_pickle)
-    state, source = _read_file(p, what, trust_pickle)
-    return RawCheckpoint(p, source, state)
-
-
-def _read_hf_folder(folder: Path, what: str, trust_pickle: bool) -> RawCheckpoint:
-    cfg_path = folder / "config.json"
-    hf_config = json.loads(cfg_path.read_text()) if cfg_path.is_file() else None
-    for name in HF_WEIGHT_FILES:
-        f = folder / name
-        if not f.is_file():
-            continue
-        if name.endswith(".index.json"):
-            shards = sorted(set(json.loads(f.read_text())["weight_map"].values()))
-            state: dict[str, torch.Tensor] = {}
-            for shard in shards:
-                sp = folder / shard
-                if not sp.is_file():
-                    raise FileNotFoundError(f"{what}: shard {sp} listed in {f} is missing")
-                state.update(_read_file(sp, what, trust_pickle)[0])
-        else:
-            state = _read_file(f, what, trust_pickle)[0]
-        return RawCheckpoint(folder, f"Hugging Face folder ({name})", state, folder, hf_config)
-    present = sorted(x.name for x in folder.iterdir())[:12]
-    raise FileNotFoundError(f"{what}: the folder {folder} holds no weights file (looked for "
-                            f"{', '.join(HF_WEIGHT_FILES)}; found {present or 'nothing'})")
-
-
-def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as z:
-        return any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist())
-
-
-def _read_file(path: Path, what: str, trust_pickle: bool) -> tuple[dict[str, torch.Tensor], str]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return _as_state_dict(load_file(str(path)), path, what), "safetensors file"
-    if _is_torchscript(path):
-        with warnings.catch_warnings():  # torch.jit is deprecated, but OpenAI distributes CLIP this way
-            warnings.simplefilter("ignore", DeprecationWarning)
-            module = torch.jit.load(str(path), map_location="cpu")
-        return _as_state_dict(dict(module.state_dict()), path, what), "TorchScript archive"
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if not trust_pickle:
-            raise PretrainedLoadError(
-                f"{what}: {path} holds Python objects besides tensors, which are only unpickled from trusted "
-                f"files; set backbone.pretrained_trust_pickle: true (load_pretrained(..., trust_pickle=True)) "
-                f"if you trust it ({str(err).splitlines()[0]})") from None
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError) as err:
-        raise PretrainedLoadError(f"{what}: cannot read {path} as a PyTorch file: {err}") from None
-    return _as_state_dict(obj, path, what), "state dict (torch.save)"
-
-
-_WRAPPER_KEYS = ("model", "state_dict", "module", "model_state_dict", "net")
-
-
-def _as_state_dict(obj: Any, path: Path, what: str) -> dict[str, torch.Tensor]:
-    """Unwrap {"model": {...}} style containers, keep the tensors, drop a common "module." prefix."""
-    if isinstance(obj, nn.Module):
-        obj = obj.state_dict()
-    if not isinstance(obj, Mapping):
-        raise PretrainedLoadError(f"{what}: {path} holds a {type(obj).__name__}, not a state dict")
-    for _ in range(3):
-        if any(torch.is_tensor(v) for v in obj.values()):
-            break
-        inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
-        if inner is None:
-            raise PretrainedLoadError(f"{what}: {path} holds no tensors (top-level keys: {sorted(map(str, obj))[:10]})")
-        obj = inner
-    state = {str(k): v for k, v in obj.items() if torch.is_tensor(v)}
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
-
-
-# ============================================================================ layouts and key maps
-
-def detect_layout(state: Mapping[str, torch.Tensor]) -> str:
-    keys = set(state)
-    if "visual.class_embedding" in keys or "visual.conv1.weight" in keys:
-        return "openai-clip"
-    if any(k.startswith("vision_model.embeddings.patch_embedding") for k in keys):
-        if any(k.startswith("text_model.") for k in keys):
-            return "hf-clip"
-        if any(k.startswith(("text_encoder.", "text_decoder.")) for k in keys):
-            return "hf-blip"
-        if "vision_model.pre_layrnorm.weight" in keys:
-            return "hf-clip"
-    if "visual_encoder.cls_token" in keys or any(k.startswith("visual_encoder.blocks.") for k in keys):
-        return "blip"
-    if "text_model.embeddings.token_embedding.weight" in keys:
-        return "hf-clip"
-    sample = sorted(keys)[:8]
-    raise PretrainedLoadError(
-        "unrecognised checkpoint layout: expected OpenAI CLIP (visual.*, transformer.*), Hugging Face CLIP "
-        "(vision_model.*, text_model.*), BLIP (visual_encoder.*, text_encoder.*) or Hugging Face BLIP "
-        f"(vision_model.*, text_encoder.*) keys; the first keys are {sample}")
-
-
-# Keys deliberately skipped (never an error): training state that has no place in our models.
-_IGNORED = {
-    "openai-clip": [r"logit_scale", r"input_resolution", r"context_length", r"vocab_size"],
-    "hf-clip": [r"logit_scale", r".*\.position_ids"],
-    "blip": [r"\w+_m\..*", r"image_queue", r"text_queue", r"idx_queue", r"queue_ptr", r"ptr_queue", r"temp",
-             r".*\.position_ids", r"text_encoder\.pooler\..*"],
-}
-_IGNORED["hf-blip"] = _IGNORED["blip"] + [r"logit_scale"]
-
-# Renames applied in order; the first matching pattern wins. `{n}` in a replacement is the layer index.
-_VIT_BLOCK = {  # one ViT block: ours (OpenAI names) <- timm/BLIP and HF BLIP names
-    "ln_1": ("norm1", "layer_norm1"),
-    "attn.in_proj_weight": ("attn.qkv.weight", "self_attn.qkv.weight"),
-    "attn.in_proj_bias": ("attn.qkv.bias", "self_attn.qkv.bias"),
-    "attn.out_proj": ("attn.proj", "self_attn.projection"),
-    "ln_2": ("norm2", "layer_norm2"),
-    "mlp.c_fc": ("mlp.fc1", "mlp.fc1"),
-    "mlp.c_proj": ("mlp.fc2", "mlp.fc2"),
-}
-_HF_CLIP_BLOCK = {"self_attn.out_proj": "attn.out_proj", "layer_norm1": "ln_1", "layer_norm2": "ln_2",
-                  "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
-
-
-def _openai_clip(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
-    out: dict[str, torch.Tensor] = {}
-    left: list[str] = []
-    for k, v in state.items():
-        if k == "visual.proj":
-            out["backbone.image_proj.weight"] = v.t()  # x @ proj == F.linear(x, proj.T)
-        elif k == "text_projection":
-            out["backbone.text_proj.weight"] = v.t()
-        elif k.startswith("visual."):
-            out["backbone." + k] = v
-        elif k == "token_embedding.weight":
-            out["backbone.text.token_embedding.weight"] = v
-        elif k == "positional_embedding":
-            out["backbone.text.positional_embedding"] = v
-        elif k.startswith(("transformer.", "ln_final.")):
-            out["backbone.text." + k] = v
-        else:
-            left.append(k)
-    return out, left
-
-
-def _hf_clip(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
-    out: dict[str, torch.Tensor] = {}
-    left: list[str] = []
-    qkv: dict[tuple[str, str, str], dict[str, torch.Tensor]] = defaultdict(dict)
-    fixed = {
-        "vision_model.embeddings.class_embedding": "backbone.visual.class_embedding",
-        "vision_model.embeddings.patch_embedding.weight": "backbone.visual.conv1.weight",
-        "vision_model.embeddings.position_embedding.weight": "backbone.visual.positional_embedding",
-        "text_model.embeddings.token_embedding.weight": "backbone.text.token_embedding.weight",
-        "text_model.embeddings.position_embedding.weight": "backbone.text.positional_embedding",
-        "visual_projection.weight": "backbone.image_proj.weight",
-        "text_projection.weight": "backbone.text_proj.weight",
-    }
-    prefix = {"vision_model.pre_layrnorm.": "backbone.visual.ln_pre.",
-              "vision_model.post_layernorm.": "backbone.visual.ln_post.",
-              "text_model.final_layer_norm.": "backbone.text.ln_final."}
-    layer_re = re.compile(r"(vision|text)_model\.encoder\.layers\.(\d+)\.(.+)")
-    for k, v in state.items():
-        if k in fixed:
-            out[fixed[k]] = v
-            continue
-        pre = next((p for p in prefix if k.startswith(p)), None)
-        if pre is not None:
-            out[prefix[pre] + k[len(pre):]] = v
-            continue
-        m = layer_re.fullmatch(k)
-        if m is None:
-            left.append(k)
-            continue
-        tower = "visual" if m[1] == "vision" else "text"
-        base = f"backbone.{tower}.transformer.resblocks.{m[2]}."
-        rest = m[3]
-        pm = re.fullmatch(r"self_attn\.([qkv])_proj\.(weight|bias)", rest)
-        if pm:
-            qkv[(base, pm[2], k.rsplit(".", 3)[0])][pm[1]] = v
-            continue
-        for theirs, ours in _HF_CLIP_BLOCK.items():
-            if rest.startswith(theirs + "."):
-                out[base + ours + rest[len(theirs):]] = v
-                break
-        else:
-            left.append(k)
-    for (base, kind, src), parts in qkv.items():
-        if set(parts) == {"q", "k", "v"}:
-            out[base + f"attn.in_proj_{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
-        else:  # an incomplete q/k/v triple cannot be packed: report what is there
-            left += [f"{src}.self_attn.{p}_proj.{kind}" for p in sorted(parts)]
-    return out, left
-
-
-def _blip(state: dict[str, torch.Tensor], hf: bool) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """salesforce/BLIP (timm ViT + med.py BERT) or Hugging Face BLIP names -> ours (CADA's modules)."""
-    out: dict[str, torch.Tensor] = {}
-    left: list[str] = []
-    if hf:
-        vis = "vision_model."
-        fixed = {vis + "embeddings.class_embedding": "class_embedding",
-                 vis + "embeddings.position_embedding": "positional_embedding",
-                 vis + "embeddings.patch_embedding.weight": "conv1.weight",
-                 vis + "embeddings.patch_embedding.bias": "conv1.bias"}
-        norm, block_re, col = vis + "post_layernorm.", re.compile(r"vision_model\.encoder\.layers\.(\d+)\.(.+)"), 1
-    else:
-        vis = "visual_encoder."
-        fixed = {vis + "cls_token": "class_embedding", vis + "pos_embed": "positional_embedding",
-                 vis + "patch_embed.proj.weight": "conv1.weight", vis + "patch_embed.proj.bias": "conv1.bias"}
-        norm, block_re, col = vis + "norm.", re.compile(r"visual_encoder\.blocks\.(\d+)\.(.+)"), 0
-    heads = {"vision_proj.": "backbone.image_proj.", "text_proj.": "backbone.text_proj.", "itm_head.": "itm_head.",
-             "itm_local_head.": "group_head.",  # CADA's released checkpoints name the group head so
-             "text_encoder.": "backbone.text.", "text_decoder.bert.": "text_decoder.",
-             "text_decoder.cls.predictions.transform.": "lm_head.transform.",
-             "text_decoder.cls.predictions.decoder.": "lm_head.decoder."}
-    for k, v in state.items():
-        if k in fixed:
-            name = fixed[k]
-            if name == "class_embedding":  # [1, 1, D] -> [D]
-                v = v.reshape(-1)
-            elif name == "positional_embedding":  # [1, 1 + P, D] -> [1 + P, D]
-                v = v.reshape(-1, v.shape[-1])
-            out["backbone.visual." + name] = v
-        elif k.startswith(norm):
-            out["backbone.visual.ln_post." + k[len(norm):]] = v
-        elif (m := block_re.fullmatch(k)) is not None:
-            base, rest = f"backbone.visual.transformer.resblocks.{m[1]}.", m[2]
-            for ours, theirs in _VIT_BLOCK.items():
-                t = theirs[col]
-                if rest == t or rest.startswith(t + "."):
-                    out[base + ours + rest[len(t):]] = v
-                    break
-            else:
-                left.append(k)
-        elif k == "text_decoder.cls.predictions.bias":
-            out.setdefault("lm_head.decoder.bias", v)
-        elif (pre := next((p for p in heads if k.startswith(p)), None)) is not None:
-            out[heads[pre] + k[len(pre):]] = v
-        else:
-            left.append(k)
-    # Tied tensors that a Hugging Face save may have written only once.
-    if "lm_head.transform.dense.weight" in out and "lm_head.decoder.weight" not in out \
-            and "text_decoder.embeddings.word_embeddings.weight" in out:
-        out["lm_head.decoder.weight"] = out["text_decoder.embeddings.word_embeddings.weight"]
-    return out, left
-
-
-def convert_state_dict(state: Mapping[str, torch.Tensor], layout: str | None = None
-                       ) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
-    """Checkpoint tensors -> (our names as in a `Method`: "backbone.*", "text_decoder.*", ...,
-    ignored checkpoint keys, checkpoint keys with no mapping). Floating tensors become float32."""
-    layout = layout or detect_layout(state)
-    if layout not in LAYOUT_NAMES:
-        raise ValueError(f"unknown layout {layout!r}; known: {sorted(LAYOUT_NAMES)}")
-    ignore = re.compile("|".join(f"(?:{p})" for p in _IGNORED[layout]))
-    kept = {k: v for k, v in state.items() if not ignore.fullmatch(k)}
-    ignored = sorted(k for k in state if k not in kept)
-    if layout == "openai-clip":
-        out, left = _openai_clip(kept)
-    elif layout == "hf-clip":
-        out, left = _hf_clip(kept)
-    else:
-        out, left = _blip(kept, hf=layout == "hf-blip")
-    out = {k: (v.float() if v.is_floating_point() else v) for k, v in out.items()}
-    return out, ignored, sorted(left)
-
 
 # ============================================================================ loading into a model
 
@@ -406,17 +90,20 @@ class LoadReport:
 
 
 def load_pretrained(model: nn.Module, path: str | Path, *, allow_missing: Iterable[str] = (),
-                    trust_pickle: bool = False, what: str = "pretrained weights") -> LoadReport:
+                    trust_pickle: bool = False, what: str = "pretrained weights",
+                    pos_interpolation: str = "bicubic") -> LoadReport:
     """Fill `model` (a `Method` or a `Backbone`) with the checkpoint at `path`; see the module docstring."""
     raw = read_checkpoint(path, what, trust_pickle)
     if raw.hf_config and raw.hf_config.get("model_type") == "bert":
         raise PretrainedLoadError(f"{what}: {raw.path} is a BERT folder (a text model only); it serves CADA's "
                                   "tokenizer (data.tokenizer), not as image-text weights (BLIP's model_base.pth)")
-    return load_state(model, raw.state, path=str(raw.path), source=raw.source, allow_missing=allow_missing)
+    return load_state(model, raw.state, path=str(raw.path), source=raw.source, allow_missing=allow_missing,
+                      pos_interpolation=pos_interpolation)
 
 
 def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, path: str = "<state dict>",
-               source: str = "in memory", allow_missing: Iterable[str] = ()) -> LoadReport:
+               source: str = "in memory", allow_missing: Iterable[str] = (),
+               pos_interpolation: str = "bicubic") -> LoadReport:
     layout = detect_layout(state)
     converted, ignored, left = convert_state_dict(state, layout)
     backbone = _backbone_of(model)
@@ -428,7 +115,8 @@ def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, path: str
             f"is the {family} layout; use backbone.name: {need} with these weights")
     bare = model is backbone  # a bare Backbone: our converted names carry "backbone."
     target = {("backbone." + k if bare else k): v.shape for k, v in model.state_dict().items()}
-    plan = plan_load(target, converted, left, LAYOUT_FAMILY[layout], tuple(backbone.visual.grid), allow_missing)
+    plan = plan_load(target, converted, left, LAYOUT_FAMILY[layout], tuple(backbone.visual.grid), allow_missing,
+                     pos_interpolation)
     report = LoadReport(path, source, layout, ignored=ignored, unused=plan.unused, kept_random=plan.kept_random,
                         notes=plan.notes)
     if plan.errors():
@@ -496,7 +184,8 @@ class LoadPlan:
 
 
 def plan_load(target: Mapping[str, torch.Size], converted: Mapping[str, torch.Tensor], unmapped: Iterable[str],
-              family: str, grid: tuple[int, int], allow_missing: Iterable[str] = ()) -> LoadPlan:
+              family: str, grid: tuple[int, int], allow_missing: Iterable[str] = (),
+              pos_interpolation: str = "bicubic") -> LoadPlan:
     """Match converted tensors to the model's keys and shapes (adapting position tables) without copying."""
     plan = LoadPlan()
     modules = {k.split(".")[0] for k in target}
@@ -512,7 +201,7 @@ def plan_load(target: Mapping[str, torch.Size], converted: Mapping[str, torch.Te
             continue
         want = tuple(target[k])
         if tuple(v.shape) != want:
-            v = _adapt(k, v, want, grid, notes)
+            v = _adapt(k, v, want, grid, notes, pos_interpolation)
         if tuple(v.shape) != want:
             plan.mismatched.append((k, tuple(v.shape), want))
             continue
@@ -536,15 +225,16 @@ def plan_load(target: Mapping[str, torch.Size], converted: Mapping[str, torch.Te
     return plan
 
 
-def _adapt(key: str, v: torch.Tensor, want: tuple, grid: tuple[int, int], notes: dict[str, str]) -> torch.Tensor:
+def _adapt(key: str, v: torch.Tensor, want: tuple, grid: tuple[int, int], notes: dict[str, str],
+           mode: str = "bicubic") -> torch.Tensor:
     if key == "backbone.visual.positional_embedding" and v.ndim == 2 and v.shape[1] == want[1]:
         try:
             old = square_grid(v.shape[0] - 1)
         except ValueError:
             return v
         if 1 + grid[0] * grid[1] == want[0]:
-            notes[key] = f"image position grid {old[0]}x{old[1]} -> {grid[0]}x{grid[1]} (bicubic)"
-            return interpolate_pos_embedding(v, old, grid)
+            notes[key] = f"image position grid {old[0]}x{old[1]} -> {grid[0]}x{grid[1]} ({mode})"
+            return interpolate_pos_embedding(v, old, grid, mode)
     if key in _TEXT_POSITIONS and v.ndim == 2 and v.shape[1] == want[1] and v.shape[0] > want[0]:
         notes[key] = f"text positions cut from {v.shape[0]} to {want[0]}"
         return v[: want[0]]

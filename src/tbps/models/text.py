@@ -10,6 +10,8 @@ from torch import nn
 
 from .layers import Transformer, activation, attend
 
+PAD_ID = 0  # [PAD] in bert-base-uncased and in tbps's trained WordPiece vocabularies
+
 
 class CausalTextTransformer(nn.Module):
     """OpenAI CLIP text tower: token + position embedding, causal pre-LN transformer, final LN."""
@@ -38,10 +40,11 @@ class CausalTextTransformer(nn.Module):
 class BertAttention(nn.Module):
     """Post-LN attention sub-layer with HF/BLIP names: self.{query,key,value}, output.{dense,LayerNorm}."""
 
-    def __init__(self, width: int, heads: int, kv_width: int | None = None, eps: float = 1e-12) -> None:
+    def __init__(self, width: int, heads: int, kv_width: int | None = None, eps: float = 1e-12,
+                 dropout: float = 0.0) -> None:
         super().__init__()
-        self.self = _QKV(width, heads, kv_width or width)
-        self.output = _DenseNorm(width, width, eps)
+        self.self = _QKV(width, heads, kv_width or width, dropout)
+        self.output = _DenseNorm(width, width, eps, dropout)
 
     def forward(self, x, memory=None, key_padding=None, causal=False, return_weights=False):
         out = self.self(x, memory, key_padding, causal, return_weights)
@@ -52,9 +55,10 @@ class BertAttention(nn.Module):
 
 
 class _QKV(nn.Module):
-    def __init__(self, width: int, heads: int, kv_width: int) -> None:
+    def __init__(self, width: int, heads: int, kv_width: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.heads = heads
+        self.dropout = dropout
         self.query = nn.Linear(width, width)
         self.key = nn.Linear(kv_width, width)
         self.value = nn.Linear(kv_width, width)
@@ -66,33 +70,35 @@ class _QKV(nn.Module):
         q = self.query(x).view(B, Lq, h, -1).transpose(1, 2)
         k = self.key(memory).view(B, memory.shape[1], h, -1).transpose(1, 2)
         v = self.value(memory).view(B, memory.shape[1], h, -1).transpose(1, 2)
-        out, weights = attend(q, k, v, key_padding, causal, return_weights)
+        out, weights = attend(q, k, v, key_padding, causal, return_weights, self.dropout if self.training else 0.0)
         out = out.transpose(1, 2).reshape(B, Lq, W)
         return (out, weights) if return_weights else out
 
 
 class _DenseNorm(nn.Module):
-    """dense -> residual add -> LayerNorm (BERT's post-LN output sub-layer)."""
+    """dense -> dropout -> residual add -> LayerNorm (BERT's post-LN output sub-layer)."""
 
-    def __init__(self, in_width: int, width: int, eps: float) -> None:
+    def __init__(self, in_width: int, width: int, eps: float, dropout: float = 0.0) -> None:
         super().__init__()
         self.dense = nn.Linear(in_width, width)
         self.LayerNorm = nn.LayerNorm(width, eps=eps)
+        self.dropout = _dropout(dropout)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dense(x) + residual)
+        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
 
 
 class BertLayer(nn.Module):
     def __init__(self, width: int, heads: int, intermediate: int, cross_width: int | None, act: str = "gelu",
-                 eps: float = 1e-12) -> None:
+                 eps: float = 1e-12, dropout: float = 0.0) -> None:
         super().__init__()
-        self.attention = BertAttention(width, heads, eps=eps)
-        self.crossattention = BertAttention(width, heads, kv_width=cross_width, eps=eps) if cross_width else None
+        self.attention = BertAttention(width, heads, eps=eps, dropout=dropout)
+        self.crossattention = (BertAttention(width, heads, kv_width=cross_width, eps=eps, dropout=dropout)
+                               if cross_width else None)
         self.intermediate = nn.Sequential()
         self.intermediate.dense = nn.Linear(width, intermediate)
         self.intermediate.act = activation(act)
-        self.output = _DenseNorm(intermediate, width, eps)
+        self.output = _DenseNorm(intermediate, width, eps, dropout)
 
     def forward(self, x, key_padding=None, causal=False, memory=None, memory_padding=None, return_weights=False):
         x = self.attention(x, key_padding=key_padding, causal=causal)
@@ -112,23 +118,27 @@ class BertTextModel(nn.Module):
 
     Uni-modal mode (no image tokens) skips cross-attention, so the same weights give the text
     embedding and, with image tokens, the image-grounded encoding. `causal=True` turns it into
-    the decoder used for captioning / masked-attribute prediction.
+    the decoder used for captioning / masked-attribute prediction. `dropout` acts as BERT's
+    hidden_dropout_prob and attention_probs_dropout_prob (0.1 in BLIP), in training mode only. The
+    [PAD] row (id 0) of the word embeddings is a padding index, as in BLIP: it never gets a gradient.
     """
 
     def __init__(self, vocab_size: int, context_length: int, width: int, layers: int, heads: int,
                  cross_width: int | None = None, mlp_ratio: float = 4.0, eps: float = 1e-12,
-                 grad_checkpointing: bool = False) -> None:
+                 grad_checkpointing: bool = False, dropout: float = 0.0) -> None:
         super().__init__()
         self.context_length = context_length
         self.width = width
         self.grad_checkpointing = grad_checkpointing
         self.embeddings = nn.Module()
-        self.embeddings.word_embeddings = nn.Embedding(vocab_size, width)
+        self.embeddings.word_embeddings = nn.Embedding(vocab_size, width, padding_idx=PAD_ID)
         self.embeddings.position_embeddings = nn.Embedding(context_length, width)
         self.embeddings.LayerNorm = nn.LayerNorm(width, eps=eps)
+        self.embeddings.dropout = _dropout(dropout)
         self.encoder = nn.Module()
         self.encoder.layer = nn.ModuleList(
-            BertLayer(width, heads, int(width * mlp_ratio), cross_width, eps=eps) for _ in range(layers)
+            BertLayer(width, heads, int(width * mlp_ratio), cross_width, eps=eps, dropout=dropout)
+            for _ in range(layers)
         )
         self.apply(_bert_init)
 
@@ -140,7 +150,8 @@ class BertTextModel(nn.Module):
         if L > self.context_length:
             raise ValueError(f"text length {L} exceeds the context length {self.context_length}")
         pos = torch.arange(L, device=ids.device)
-        x = self.embeddings.LayerNorm(self.embeddings.word_embeddings(ids) + self.embeddings.position_embeddings(pos))
+        e = self.embeddings
+        x = e.dropout(e.LayerNorm(e.word_embeddings(ids) + e.position_embeddings(pos)))
         all_weights = []
         for layer in self.encoder.layer:
             if return_cross_weights:
@@ -152,6 +163,11 @@ class BertTextModel(nn.Module):
             else:
                 x = layer(x, attention_mask, causal, image_tokens, image_padding)
         return (x, all_weights) if return_cross_weights else x
+
+
+def _dropout(p: float) -> nn.Module:
+    """nn.Dropout, or nothing at all when p = 0 (no random draws, no copy)."""
+    return nn.Dropout(p) if p > 0 else nn.Identity()
 
 
 def _bert_init(module: nn.Module) -> None:

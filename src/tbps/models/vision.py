@@ -52,15 +52,20 @@ class VisionTransformer(nn.Module):
         return self.ln_post(x)
 
 
-def interpolate_pos_embedding(pos: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> torch.Tensor:
-    """Resize a [1 + gh*gw, D] position table to another grid (e.g. 14x14 -> 24x8), bicubic."""
+def interpolate_pos_embedding(pos: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int],
+                              mode: str = "bicubic") -> torch.Tensor:
+    """Resize a [1 + gh*gw, D] position table to another grid (e.g. 14x14 -> 24x8); `mode` bicubic
+    (timm / BLIP) or bilinear (the official IRRA code), both without corner alignment."""
+    if mode not in ("bicubic", "bilinear"):
+        raise ValueError(f"position-table interpolation (backbone.pos_interpolation) must be 'bicubic' or 'bilinear', "
+                         f"got {mode!r}")
     if tuple(old_grid) == tuple(new_grid):
         return pos
     cls, grid = pos[:1], pos[1:]
     if grid.shape[0] != old_grid[0] * old_grid[1]:
         raise ValueError(f"position table has {grid.shape[0]} patches, grid {old_grid} needs {old_grid[0] * old_grid[1]}")
     grid = grid.reshape(1, old_grid[0], old_grid[1], -1).permute(0, 3, 1, 2).float()
-    grid = F.interpolate(grid, size=new_grid, mode="bicubic", align_corners=False)
+    grid = F.interpolate(grid, size=new_grid, mode=mode, align_corners=False)
     grid = grid.permute(0, 2, 3, 1).reshape(new_grid[0] * new_grid[1], -1).to(pos.dtype)
     return torch.cat([cls, grid], dim=0)
 

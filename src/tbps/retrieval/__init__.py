@@ -1,4 +1,5 @@
-"""Search your own gallery: an on-disk index (`index`), FAISS search (`faiss_index`), the
+"""Search your own gallery: an on-disk index (`index` builds it, `storage` reads and writes the
+folder, `identity` names its model), FAISS search (`faiss_index`), the
 `Searcher` API, the FastAPI service and page (`serve`) and ONNX export (`export`).
 
 Names are imported lazily so that `import tbps.retrieval` stays light (no faiss / torch models).
@@ -10,8 +11,8 @@ from typing import Any
 
 _EXPORTS = {
     "Searcher": "searcher", "SearchResults": "searcher", "Hit": "searcher",
-    "build_index": "index", "add_to_index": "index", "remove_from_index": "index", "read_manifest": "index",
-    "ModelMismatchError": "index", "create_app": "serve", "serve": "serve", "export_onnx": "export",
+    "build_index": "index", "add_to_index": "index", "remove_from_index": "index", "read_manifest": "storage",
+    "ModelMismatchError": "identity", "create_app": "serve", "serve": "serve", "export_onnx": "export",
 }
 __all__ = sorted(_EXPORTS)
 

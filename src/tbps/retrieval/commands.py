@@ -61,7 +61,7 @@ def _cmd_index_remove(args: argparse.Namespace) -> int:
 
 
 def _cmd_index_info(args: argparse.Namespace) -> int:
-    from .index import read_manifest, summary
+    from .storage import read_manifest, summary
 
     m = read_manifest(args.index)
     out = summary(Path(args.index), m)
@@ -187,7 +187,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("text")
     s.add_argument("-k", type=_positive, default=10, help="number of results (default 10)")
     s.add_argument("--rerank", type=_non_negative, default=None, metavar="K",
-                   help="cada: re-score the top K by the matching head")
+                   help="re-score the top K with the model's second stage, for methods whose capabilities "
+                        "declare re-ranking (`tbps index info` lists the index's capabilities)")
     s.add_argument("--json", action="store_true", help="print the results as JSON")
     s.add_argument("--html", default=None, metavar="OUT", help="write a results page with thumbnails")
     s.add_argument("--model", default=None, help="the index's model from a new place (must be the same weights)")

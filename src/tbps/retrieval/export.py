@@ -1,10 +1,11 @@
 """`tbps export RUN_DIR --onnx OUT_DIR`: the image and text encoders as ONNX graphs.
 
     image_encoder.onnx   images float32 [B, 3, H, W] (resized, normalised; see export.json)
-                         -> emb [B, D] (L2-normalised), + logvar [B, D] (uca), + tokens (cada, the
-                         patch tokens the re-ranking head reads, float16)
+                         -> every feature the method's `encode_images` returns: emb [B, D]
+                         (L2-normalised), + e.g. logvar [B, D] (Gaussian embeddings) or the patch
+                         tokens a re-ranking head reads (float16)
     text_encoder.onnx    ids int64 [B, L], attention_mask bool [B, L] (right-padded, any L up to
-                         the context length) -> emb [B, D], + logvar [B, D] (uca)
+                         the context length) -> emb [B, D], + e.g. logvar [B, D]
     tokenizer/           the run's tokenizer (`tokenizers` JSON), to make `ids` outside tbps
     export.json          shapes, preprocessing (size, mean, std), model identity, and the largest
                          difference between ONNX Runtime and torch measured at export
@@ -62,7 +63,7 @@ def export_onnx(run_path: str | Path, out_dir: str | Path, checkpoint: str | Non
                 check: bool = True) -> dict[str, Any]:
     from ..data.loader import tokens_to_dict
     from ..engine.runs import load_run
-    from .index import model_identity
+    from .identity import model_identity
 
     run = load_run(run_path, checkpoint, device="cpu")
     method = run.method.float().eval()
@@ -74,8 +75,8 @@ def export_onnx(run_path: str | Path, out_dir: str | Path, checkpoint: str | Non
         image_keys = list(method.encode_images(images).keys())
         tb = tokens_to_dict(run.tokenizer.encode(_CHECK_CAPTIONS[:2], run.max_len))
         text_probe = method.encode_texts({"ids": tb["ids"], "attention_mask": tb["attention_mask"]})
-    # per-image / per-text outputs only (cada's encode_texts also returns its padded ids and mask)
-    text_keys = [k for k in text_probe if k in ("emb", "logvar")]
+    # per-text feature vectors only (a method may also return token ids or masks for its re-ranker)
+    text_keys = [k for k in text_probe if text_probe[k].is_floating_point()]
     img_dyn = {"images": {0: "batch"}, **{k: {0: "batch"} for k in image_keys}}
     txt_dyn = {"ids": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"},
                **{k: {0: "batch"} for k in text_keys}}
@@ -88,7 +89,7 @@ def export_onnx(run_path: str | Path, out_dir: str | Path, checkpoint: str | Non
         shutil.copytree(tok_src, out / "tokenizer", dirs_exist_ok=True)
     tf = run.test_transform()
     meta: dict[str, Any] = {
-        "method": run.cfg["method"]["name"], "model": model_identity(run), "opset": opset,
+        "method": method.name, "model": model_identity(run), "opset": opset,
         "image_encoder": {"file": "image_encoder.onnx", "inputs": {"images": ["batch", 3, h, w]},
                           "outputs": {k: list(v.shape[1:]) for k, v in method.encode_images(images).items()}},
         "text_encoder": {"file": "text_encoder.onnx",

@@ -1,10 +1,13 @@
-"""The on-disk gallery index: features of every image, their files' metadata, a FAISS index.
+"""Build, add to and remove from the on-disk gallery index: features of every image, their files'
+metadata, a FAISS index. The folder's storage (manifest, shards, lock, reader) is `storage`, the
+model identity `identity`; this module encodes images and writes new generations.
 
 Layout of an index folder::
 
     manifest.json                  the single source of truth (format, model identity, shards, faiss)
-    shards/g000003-00000.safetensors   rows of features: "ids" [n], "emb" [n, D] (+ "logvar" for uca,
-                                   "tokens" [n, 1+P, W] float16 for cada re-ranking); the files'
+    shards/g000003-00000.safetensors   rows of features: "ids" [n] and whatever the method's
+                                   `encode_images` returns: "emb" [n, D], + e.g. "logvar" [n, D] or
+                                   "tokens" [n, 1+P, W] float16 for re-ranking; the files'
                                    metadata (path, size, mtime) in the safetensors header
     faiss-g000003.index            the vector index over "emb", keyed by item id
     .build/                        only while `build` runs: plan.json + one part file per batch
@@ -25,15 +28,11 @@ through, a model with another identity is refused with a message naming both.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
 import json
-import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -45,171 +44,14 @@ from tqdm.auto import tqdm
 from ..utils import atomic_write_bytes, atomic_write_json
 from . import faiss_index as fx
 from .gallery import FileRecord, image_batches, scan_images
+from .identity import ModelMismatchError, check_same_model, model_identity
+from .storage import (BUILD_DIR, FORMAT, MANIFEST, VERSION, IndexFolderError, ShardWriter, all_items,  # noqa: F401
+                      collect_garbage, features_meta, index_lock, now, read_manifest, read_shard, summary,
+                      write_shard)
 
-FORMAT = "tbps-index"
-VERSION = 1
-MANIFEST = "manifest.json"
-BUILD_DIR = ".build"
 DEFAULT_BATCH = 64
 DEFAULT_SHARD_ROWS = 4096
 MAX_HISTORY = 100  # entries of the manifest's "history" (build / add / remove) kept
-# config keys that change what an image or a caption is encoded to (not how runs train or rank)
-_IDENTITY_KEYS = (("method",), ("backbone",), ("data", "image_size"), ("data", "max_text_len"),
-                  ("data", "tokenizer"))
-
-
-class IndexFolderError(ValueError):
-    """A problem with an index folder (missing, corrupt, busy); the message names the file."""
-
-
-class ModelMismatchError(ValueError):
-    """The model offered is not the one the index was built with."""
-
-
-# ----------------------------------------------------------------------------- model identity
-
-def _sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def model_identity(run: Any, recorded: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Identity of a loaded run: weights, tokenizer and embedding-relevant config, hashed.
-
-    The weights' hash is reused from `recorded` when the file has the same path, size and
-    modification time (hashing a 900 MB checkpoint costs seconds).
-    """
-    weights = Path(run.checkpoint) / "model.safetensors"
-    st = weights.stat()
-    path = str(weights.resolve())
-    if (recorded and recorded.get("weights_path") == path and recorded.get("weights_size") == st.st_size
-            and recorded.get("weights_mtime_ns") == st.st_mtime_ns and recorded.get("weights_sha256")):
-        weights_sha = recorded["weights_sha256"]
-    else:
-        weights_sha = _sha256_file(weights)
-    tok = hashlib.sha256()
-    tok_dir = Path(run.run_dir) / "tokenizer"
-    if tok_dir.is_dir():
-        for f in sorted(tok_dir.iterdir()):
-            if f.is_file():
-                tok.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
-    subset: dict[str, Any] = {}
-    for keys in _IDENTITY_KEYS:
-        node: Any = run.cfg
-        for k in keys:
-            node = node.get(k) if isinstance(node, dict) else None
-        subset[".".join(keys)] = node
-    cfg_sha = hashlib.sha256(json.dumps(subset, sort_keys=True, default=str).encode()).hexdigest()
-    fingerprint = hashlib.sha256(f"{weights_sha}\n{tok.hexdigest()}\n{cfg_sha}".encode()).hexdigest()
-    bb = run.method.backbone.cfg
-    return {"method": run.cfg["method"]["name"], "run_dir": str(Path(run.run_dir).resolve()),
-            "checkpoint": str(Path(run.checkpoint).resolve()), "weights_path": path,
-            "weights_size": int(st.st_size), "weights_mtime_ns": int(st.st_mtime_ns), "weights_sha256": weights_sha,
-            "tokenizer_sha256": tok.hexdigest(), "config_sha256": cfg_sha, "fingerprint": fingerprint,
-            "image_size": list(bb.image_size), "embed_dim": int(bb.embed_dim), "max_text_len": int(run.max_len)}
-
-
-def check_same_model(index_dir: str | Path, recorded: dict[str, Any], offered: dict[str, Any]) -> None:
-    if recorded["fingerprint"] == offered["fingerprint"]:
-        return
-    parts = [name for name, key in (("weights", "weights_sha256"), ("tokenizer", "tokenizer_sha256"),
-                                    ("embedding config", "config_sha256")) if recorded.get(key) != offered.get(key)]
-    raise ModelMismatchError(
-        f"index {index_dir} was built with the {recorded['method']} model {recorded['checkpoint']} "
-        f"(fingerprint {recorded['fingerprint'][:12]}), but the model offered is the {offered['method']} model "
-        f"{offered['checkpoint']} (fingerprint {offered['fingerprint'][:12]}; different {', '.join(parts)}). "
-        "Embeddings of different models are not comparable: search with the original model, or build a new "
-        f"index with `tbps index build GALLERY --model {offered['run_dir']} --out NEW_INDEX`.")
-
-
-# ----------------------------------------------------------------------------- folder helpers
-
-@contextlib.contextmanager
-def index_lock(index_dir: Path):
-    """Exclusive writer lock on the index folder (fails at once if another writer holds it)."""
-    index_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(index_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise IndexFolderError(f"index {index_dir} is being modified by another process "
-                              f"(lock {index_dir / '.lock'} is held); try again when it has finished") from None
-        yield
-    finally:
-        os.close(fd)
-
-
-def read_manifest(index_dir: str | Path) -> dict[str, Any]:
-    index_dir = Path(index_dir)
-    path = index_dir / MANIFEST
-    if not index_dir.is_dir():
-        raise FileNotFoundError(f"no index folder at {index_dir}")
-    if not path.is_file():
-        hint = " (a build was interrupted: run `tbps index build` again to resume it)" \
-            if (index_dir / BUILD_DIR / "plan.json").is_file() else ""
-        raise FileNotFoundError(f"{index_dir} is not a tbps index: {path} is missing{hint}")
-    try:
-        m = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise IndexFolderError(f"{path} is not valid JSON: {err}") from err
-    if m.get("format") != FORMAT:
-        raise IndexFolderError(f"{path} is not a tbps index manifest (format {m.get('format')!r})")
-    if int(m.get("version", 0)) > VERSION:
-        raise IndexFolderError(f"{path} has index format version {m['version']}; this tbps reads up to {VERSION}")
-    return m
-
-
-def _shard_name(gen: int, j: int) -> str:
-    return f"shards/g{gen:06d}-{j:05d}.safetensors"
-
-
-def _write_shard(index_dir: Path, name: str, tensors: dict[str, torch.Tensor], items: list[dict[str, Any]]) -> dict:
-    path = index_dir / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = st_save({k: v.contiguous() for k, v in tensors.items()}, metadata={"items": json.dumps(items)})
-    atomic_write_bytes(path, data)
-    ids = tensors["ids"]
-    return {"file": name, "count": int(len(ids)), "first_id": int(ids[0]) if len(ids) else None,
-            "last_id": int(ids[-1]) if len(ids) else None, "bytes": len(data)}
-
-
-def read_shard(index_dir: Path, shard: dict[str, Any], keys: Iterable[str] | None = None
-               ) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
-    """-> (tensors, items) of one shard; `keys` limits the tensors read ("ids" always)."""
-    path = index_dir / shard["file"]
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            names = list(f.keys()) if keys is None else ["ids", *[k for k in keys if k in f.keys() and k != "ids"]]
-            tensors = {k: f.get_tensor(k) for k in names}
-            items = json.loads((f.metadata() or {}).get("items", "[]"))
-    except FileNotFoundError:
-        raise IndexFolderError(f"index file {path} named in {index_dir / MANIFEST} is missing") from None
-    except Exception as err:  # noqa: BLE001 - safetensors raises several types for corrupt files
-        raise IndexFolderError(f"cannot read index shard {path}: {err}") from err
-    if len(items) != len(tensors["ids"]):
-        raise IndexFolderError(f"index shard {path} is inconsistent: {len(items)} items, {len(tensors['ids'])} rows")
-    return tensors, items
-
-
-def _gc(index_dir: Path, manifest: dict[str, Any] | None) -> None:
-    """Delete shard / faiss files the manifest does not name (leftovers of replaced or killed writes)."""
-    keep = set()
-    if manifest:
-        keep = {s["file"] for s in manifest["shards"]} | {manifest["faiss"]["file"]}
-    for f in [*index_dir.glob("shards/*.safetensors"), *index_dir.glob("faiss-*.index"),
-              *index_dir.glob("shards/.*.tmp"), *index_dir.glob(".*.tmp")]:
-        rel = f.relative_to(index_dir).as_posix()
-        if rel not in keep:
-            with contextlib.suppress(FileNotFoundError):
-                f.unlink()
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 # ----------------------------------------------------------------------------- encoding
@@ -242,56 +84,8 @@ def _empty_like_features(run: Any) -> dict[str, torch.Tensor]:
     return {k: v[:0] for k, v in probe.items()}
 
 
-class _ShardWriter:
-    """Accumulate rows and write shards of at most `rows` rows under generation `gen`."""
-
-    def __init__(self, index_dir: Path, gen: int, rows: int, keep_emb: bool = True) -> None:
-        self.index_dir, self.gen, self.rows = index_dir, gen, max(1, int(rows))
-        self.parts: list[dict[str, torch.Tensor]] = []
-        self.items: list[dict[str, Any]] = []
-        self.pending = 0
-        self.shards: list[dict[str, Any]] = []
-        self.emb: list[np.ndarray] = []
-        self.ids: list[np.ndarray] = []
-        self.keep_emb = keep_emb
-        self.next_j = 0
-
-    def add(self, tensors: dict[str, torch.Tensor], items: list[dict[str, Any]]) -> None:
-        n = len(items)
-        start = 0
-        while start < n:
-            take = min(n - start, self.rows - self.pending)
-            self.parts.append({k: v[start:start + take] for k, v in tensors.items()})
-            self.items.extend(items[start:start + take])
-            self.pending += take
-            start += take
-            if self.pending >= self.rows:
-                self.flush()
-
-    def flush(self) -> None:
-        if not self.pending:
-            return
-        tensors = {k: torch.cat([p[k] for p in self.parts]) for k in self.parts[0]}
-        self.shards.append(_write_shard(self.index_dir, _shard_name(self.gen, self.next_j), tensors, self.items))
-        self.next_j += 1
-        if self.keep_emb:
-            self.emb.append(tensors["emb"].float().numpy())
-            self.ids.append(tensors["ids"].numpy())
-        self.parts, self.items, self.pending = [], [], 0
-
-    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        if not self.emb:
-            return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
-        return np.concatenate(self.emb), np.concatenate(self.ids)
-
-
 def _item(rec: FileRecord, id_: int) -> dict[str, Any]:
     return {"id": int(id_), "path": rec.path, "size": rec.size, "mtime_ns": rec.mtime_ns}
-
-
-def _features_meta(tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
-    return {k: {"dtype": str(v.dtype).replace("torch.", ""), "shape": list(v.shape[1:])}
-            for k, v in tensors.items() if k != "ids"}
 
 
 # ----------------------------------------------------------------------------- build
@@ -360,7 +154,7 @@ def build_index(gallery: str | Path, model: Any, out: str | Path, *, batch_size:
                                        images_per_second=round(encoded / encode_s, 2) if encode_s > 0 else None)
         atomic_write_json(out / MANIFEST, manifest)
         shutil.rmtree(parts, ignore_errors=True)
-        _gc(out, manifest)
+        collect_garbage(out, manifest)
     return summary(out, manifest)
 
 
@@ -391,7 +185,7 @@ def _resume_or_plan(out: Path, gallery: Path, records: list[FileRecord], identit
     shutil.rmtree(parts, ignore_errors=True)
     parts.mkdir(parents=True)
     plan = {"model": identity, "gallery": str(gallery.resolve()), "batch_size": int(batch_size), "files": files,
-            "started": _now()}
+            "started": now()}
     atomic_write_json(plan_path, plan, indent=None)
     return plan
 
@@ -400,7 +194,7 @@ def _finalise_build(out: Path, gallery: Path, records: list[FileRecord], identit
                     n_batches: int, old: dict | None, kind: str, threshold: int, recall_target: float,
                     shard_rows: int) -> dict[str, Any]:
     gen = int(old["generation"]) + 1 if old else 1
-    writer = _ShardWriter(out, gen, shard_rows)
+    writer = ShardWriter(out, gen, shard_rows)
     skipped: list[dict[str, str]] = []
     next_id = 0
     features: dict[str, Any] = {}
@@ -412,7 +206,7 @@ def _finalise_build(out: Path, gallery: Path, records: list[FileRecord], identit
         pos = tensors.pop("pos").tolist()
         ids = torch.arange(next_id, next_id + len(pos), dtype=torch.int64)
         next_id += len(pos)
-        features = features or _features_meta(tensors)
+        features = features or features_meta(tensors)
         writer.add({"ids": ids, **tensors}, [_item(records[p], i) for p, i in zip(pos, ids.tolist())])
     writer.flush()
     emb, ids = writer.arrays()
@@ -424,26 +218,17 @@ def _finalise_build(out: Path, gallery: Path, records: list[FileRecord], identit
     atomic_write_bytes(out / finfo["file"], fx.to_bytes(index))
     return {
         "format": FORMAT, "version": VERSION, "generation": gen,
-        "created": _now(), "updated": _now(),
+        "created": now(), "updated": now(),
         "model": identity, "gallery_root": str(gallery.resolve()),
         "count": int(len(ids)), "next_id": int(next_id), "dim": dim,
         "features": features, "shards": writer.shards, "faiss": finfo,
         "skipped": skipped,
-        "history": [{"op": "build", "time": _now(), "indexed": int(len(ids)), "skipped": len(skipped),
+        "history": [{"op": "build", "time": now(), "indexed": int(len(ids)), "skipped": len(skipped),
                      "batch_size": int(plan["batch_size"])}],
     }
 
 
 # ----------------------------------------------------------------------------- add / remove
-
-def _all_items(out: Path, manifest: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
-    """(shard number, item) for every item, in id order."""
-    rows = []
-    for j, shard in enumerate(manifest["shards"]):
-        with safe_open(str(out / shard["file"]), framework="pt") as f:
-            rows.extend((j, it) for it in json.loads((f.metadata() or {}).get("items", "[]")))
-    return rows
-
 
 def _rewrite(out: Path, manifest: dict[str, Any], drop_ids: set[int], gen: int) -> list[dict[str, Any]]:
     """Shards without `drop_ids`: untouched shards keep their files, others are rewritten."""
@@ -459,7 +244,7 @@ def _rewrite(out: Path, manifest: dict[str, Any], drop_ids: set[int], gen: int) 
         if not keep:
             continue
         idx = torch.tensor(keep, dtype=torch.long)
-        shards.append(_write_shard(out, f"shards/g{gen:06d}-r{j:04d}.safetensors",
+        shards.append(write_shard(out, f"shards/g{gen:06d}-r{j:04d}.safetensors",
                                    {k: v[idx] for k, v in tensors.items()}, [items[r] for r in keep]))
         j += 1
     return shards
@@ -523,8 +308,8 @@ def add_to_index(index_dir: str | Path, paths: Sequence[str | Path], *, model: A
     records = scan_images(paths)
     with index_lock(out):
         manifest = read_manifest(out)
-        _gc(out, manifest)
-        current = {it["path"]: it for _, it in _all_items(out, manifest)}
+        collect_garbage(out, manifest)
+        current = {it["path"]: it for _, it in all_items(out, manifest)}
         new, replaced, unchanged = [], [], []
         for r in records:
             old = current.get(r.path)
@@ -536,7 +321,7 @@ def add_to_index(index_dir: str | Path, paths: Sequence[str | Path], *, model: A
                 new.append(r)
                 replaced.append(int(old["id"]))
         gen = int(manifest["generation"]) + 1
-        writer = _ShardWriter(out, gen, DEFAULT_SHARD_ROWS)
+        writer = ShardWriter(out, gen, DEFAULT_SHARD_ROWS)
         skipped: list[dict[str, str]] = []
         next_id = int(manifest["next_id"])
         bar = tqdm(total=len(new), desc="indexing", unit="img", disable=not progress or not new, dynamic_ncols=True)
@@ -560,17 +345,17 @@ def add_to_index(index_dir: str | Path, paths: Sequence[str | Path], *, model: A
         skipped_paths = {s["path"] for s in skipped}
         added_paths = {r.path for r in new} - skipped_paths
         manifest.update(
-            generation=gen, updated=_now(), shards=shards, faiss=finfo, next_id=next_id,
+            generation=gen, updated=now(), shards=shards, faiss=finfo, next_id=next_id,
             count=int(sum(s["count"] for s in shards)),
             skipped=[s for s in manifest.get("skipped", []) if s["path"] not in added_paths] + skipped)
         if not manifest.get("features") and writer.shards:
             t, _ = read_shard(out, writer.shards[0])
-            manifest["features"] = _features_meta(t)
+            manifest["features"] = features_meta(t)
         manifest["history"] = manifest["history"][-(MAX_HISTORY - 1):]
-        manifest["history"].append({"op": "add", "time": _now(), "added": len(new) - len(skipped),
+        manifest["history"].append({"op": "add", "time": now(), "added": len(new) - len(skipped),
                                     "replaced": len(replaced), "unchanged": len(unchanged), "skipped": len(skipped)})
         atomic_write_json(out / MANIFEST, manifest)
-        _gc(out, manifest)
+        collect_garbage(out, manifest)
     return {**summary(out, manifest), "added": len(new) - len(skipped), "replaced": len(replaced),
             "unchanged": unchanged, "skipped_now": skipped}
 
@@ -585,8 +370,8 @@ def remove_from_index(index_dir: str | Path, paths: Sequence[str | Path] = (), *
     read_manifest(out)
     with index_lock(out):
         manifest = read_manifest(out)
-        _gc(out, manifest)
-        items = [it for _, it in _all_items(out, manifest)]
+        collect_garbage(out, manifest)
+        items = [it for _, it in all_items(out, manifest)]
         by_path = {it["path"]: int(it["id"]) for it in items}
         drop: set[int] = set()
         not_found: list[str] = []
@@ -607,19 +392,10 @@ def remove_from_index(index_dir: str | Path, paths: Sequence[str | Path] = (), *
             gen = int(manifest["generation"]) + 1
             shards = _rewrite(out, manifest, drop, gen)
             finfo = _update_faiss(out, manifest, shards, gen, None, None, drop)
-            manifest.update(generation=gen, updated=_now(), shards=shards, faiss=finfo,
+            manifest.update(generation=gen, updated=now(), shards=shards, faiss=finfo,
                             count=int(sum(s["count"] for s in shards)))
             manifest["history"] = manifest["history"][-(MAX_HISTORY - 1):]
-            manifest["history"].append({"op": "remove", "time": _now(), "removed": len(drop)})
+            manifest["history"].append({"op": "remove", "time": now(), "removed": len(drop)})
             atomic_write_json(out / MANIFEST, manifest)
-            _gc(out, manifest)
+            collect_garbage(out, manifest)
     return {**summary(out, manifest), "removed": len(drop), "not_found": not_found}
-
-
-def summary(out: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    f = manifest["faiss"]
-    return {"index": str(out), "images": manifest["count"], "method": manifest["model"]["method"],
-            "model": manifest["model"]["checkpoint"], "gallery": manifest["gallery_root"],
-            "faiss": {k: f.get(k) for k in ("kind", "nlist", "nprobe", "efSearch", "recall_at_10", "threshold")
-                      if f.get(k) is not None},
-            "skipped": manifest.get("skipped", []), "generation": manifest["generation"]}

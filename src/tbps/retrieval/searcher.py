@@ -5,34 +5,27 @@
     for hit in results:
         print(hit.rank, hit.score, hit.path)
 
-Scores are the model's own text-to-image scores (`method.score(...)["t2i"]`): the cosine of the
-normalised embeddings for irra, cada and uca's default ranking. The FAISS index returns the
-candidates (exact below the approximate-index threshold). Per method:
-
-* cada, `rerank=K`: the top K images by cosine are re-scored by the image-grounded matching head,
-  exactly as `method.score(..., rerank_k=K)["t2i-rerank@K"]` does (match logit + cosine); images
-  outside the top K keep cosine - 100 so they rank below every re-ranked one. Each re-ranked hit
-  also gets the matching head's probability of "matched" (`match_probability`).
-* uca: every hit gets the calibrated match probability of its (query, image) distance and the
-  image's uncertainty; the results carry the query's uncertainty. If the run ranks by -W2 or -CSD
-  instead of cosine, those are computed on all images (exact index) or on the top
-  max(10 k, 256) cosine candidates (approximate index).
+Scores are the model's own: the method's `rank` re-scores the FAISS candidates (exact below the
+approximate-index threshold) from the features the index stored for them, through the same code
+as its evaluation `score`, and adds per-hit notes (match probability, uncertainty). What a model
+offers beyond cosine ranking (re-ranking of a top K, uncertainty, association maps) comes from its
+method's declared `capabilities()`; this module never names a method.
 """
 from __future__ import annotations
 
 import json
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import torch
-from safetensors import safe_open
 
 from . import faiss_index as fx
-from .index import check_same_model, model_identity, read_manifest, read_shard
+from .identity import check_same_model, model_identity
+from .storage import IndexReader
 
 
 @dataclass
@@ -78,88 +71,6 @@ class SearchResults:
         return d
 
 
-class IndexReader:
-    """An index loaded for searching: ids, file metadata, "emb" (and "logvar") in memory, the FAISS
-    index, and memory-mapped access to the per-image tokens that re-ranking reads."""
-
-    def __init__(self, index_dir: str | Path) -> None:
-        self.dir = Path(index_dir)
-        self.manifest = read_manifest(self.dir)
-        ids, items, emb, logvar = [], [], [], []
-        self._shard_rows: list[tuple[int, int, str]] = []  # (first row, end row, file)
-        row = 0
-        for shard in self.manifest["shards"]:
-            t, its = read_shard(self.dir, shard, keys=["emb", "logvar"])
-            ids.append(t["ids"].numpy())
-            emb.append(t["emb"].float().numpy())
-            if "logvar" in t:
-                logvar.append(t["logvar"].float())
-            items.extend(its)
-            self._shard_rows.append((row, row + len(its), str(self.dir / shard["file"])))
-            row += len(its)
-        dim = int(self.manifest["dim"])
-        self.ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
-        self.emb = np.ascontiguousarray(np.concatenate(emb)) if emb else np.zeros((0, dim), np.float32)
-        self.logvar = torch.cat(logvar) if logvar else None
-        self.items = items
-        if len(self.ids) > 1 and not (np.diff(self.ids) > 0).all():
-            order = np.argsort(self.ids, kind="stable")  # shards are written in id order; be safe anyway
-            self.ids, self.emb = self.ids[order], self.emb[order]
-            self.items = [items[i] for i in order]
-            self.logvar = self.logvar[torch.from_numpy(order)] if self.logvar is not None else None
-            self._shard_rows = []  # tokens then need the slow path
-            self._order = order
-        else:
-            self._order = None
-        finfo = self.manifest["faiss"]
-        path = self.dir / finfo["file"]
-        if not path.is_file():
-            raise FileNotFoundError(f"faiss index {path} named in {self.dir / 'manifest.json'} is missing")
-        self.faiss = fx.from_bytes(path.read_bytes(), finfo)
-        if self.faiss.ntotal != len(self.ids):
-            raise ValueError(f"index {self.dir} is inconsistent: faiss holds {self.faiss.ntotal} vectors, "
-                             f"the shards {len(self.ids)}")
-        self._handles: dict[str, Any] = {}
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def rows_of(self, ids: np.ndarray) -> np.ndarray:
-        rows = np.searchsorted(self.ids, ids)
-        rows = np.clip(rows, 0, max(0, len(self.ids) - 1))
-        if len(ids) and not (self.ids[rows] == ids).all():
-            raise KeyError(f"ids {ids[self.ids[rows] != ids][:5].tolist()} are not in the index")
-        return rows
-
-    def item(self, id_: int) -> dict[str, Any] | None:
-        if not len(self.ids):
-            return None
-        r = int(np.searchsorted(self.ids, id_))
-        return self.items[r] if r < len(self.ids) and int(self.ids[r]) == int(id_) else None
-
-    def tokens(self, rows: np.ndarray) -> torch.Tensor:
-        """Re-ranking tokens of the given rows, read from the memory-mapped shards."""
-        out = []
-        for r in rows.tolist():
-            if self._order is not None:  # unusual layout: locate the row's shard by id
-                r = int(self._order[r])
-            for lo, hi, path in self._shard_rows or self._rows_by_shard():
-                if lo <= r < hi:
-                    f = self._handles.get(path)
-                    if f is None:
-                        f = self._handles[path] = safe_open(path, framework="pt")
-                    out.append(f.get_slice("tokens")[r - lo:r - lo + 1])
-                    break
-        return torch.cat(out)
-
-    def _rows_by_shard(self) -> list[tuple[int, int, str]]:
-        rows, row = [], 0
-        for shard in self.manifest["shards"]:
-            rows.append((row, row + int(shard["count"]), str(self.dir / shard["file"])))
-            row += int(shard["count"])
-        return rows
-
-
 class Searcher:
     """Text search over an index folder made by `tbps index build`.
 
@@ -182,15 +93,17 @@ class Searcher:
         self.run = load_run(target, device=device)
         check_same_model(self.index_dir, recorded, model_identity(self.run, recorded))
         self.method = self.run.method
-        self.method_name = str(self.run.cfg["method"]["name"])
+        self.method_name = self.method.name
         self._lock = threading.Lock()
-        self.supports_rerank = hasattr(self.method, "rerank") and "tokens" in self.reader.manifest.get("features", {})
-        self.supports_uncertainty = hasattr(self.method, "match_probability") and self.reader.logvar is not None
-        text = getattr(self.method.backbone, "text", None)
-        enc = getattr(text, "encoder", None)
-        self.supports_explain = bool(enc is not None and getattr(enc.layer[0], "crossattention", None) is not None)
-        ks = getattr(self.method, "rerank_ks", None)
-        self.default_rerank = int(ks[0]) if self.supports_rerank and ks else 0
+        self.capabilities = caps = self.method.capabilities()
+        missing = [f for f in caps.index_features if f not in self.reader.stored]
+        if missing:  # an index written before the method stored these: rank by cosine only
+            caps = replace(caps, rerank=False, uncertainty=False)
+        self.supports_rerank = caps.rerank
+        self.supports_uncertainty = caps.uncertainty
+        self.supports_explain = caps.association_maps
+        self.max_rerank = caps.max_rerank
+        self.default_rerank = int(caps.default_rerank) if caps.rerank else 0
 
     # ------------------------------------------------------------------ info
     def __len__(self) -> int:
@@ -203,8 +116,9 @@ class Searcher:
                 "gallery": m["gallery_root"], "index": {k: f.get(k) for k in ("kind", "recall_at_10", "nprobe",
                                                                               "efSearch", "nlist", "threshold")
                                                         if f.get(k) is not None},
-                "rerank": self.supports_rerank, "default_rerank": self.default_rerank,
-                "uncertainty": self.supports_uncertainty, "explain": self.supports_explain}
+                "rerank": self.supports_rerank, "default_rerank": self.default_rerank, "max_rerank": self.max_rerank,
+                "uncertainty": self.supports_uncertainty, "explain": self.supports_explain,
+                "capabilities": self.capabilities.to_dict()}
 
     def item(self, id_: int) -> dict[str, Any] | None:
         return self.reader.item(id_)
@@ -228,8 +142,11 @@ class Searcher:
         if isinstance(rerank, bool) or not isinstance(rerank, (int, np.integer)) or rerank < 0:
             raise ValueError(f"rerank: must be a non-negative integer (0 = off), got {rerank!r}")
         if rerank and not self.supports_rerank:
-            raise ValueError(f"rerank={rerank}: re-ranking needs a cada model, but the index {self.index_dir} "
-                             f"was built with {self.method_name}")
+            raise ValueError(f"rerank={rerank}: re-ranking needs a method that declares it, but the index "
+                             f"{self.index_dir} was built with a {self.method_name} model, which does not "
+                             f"(or the index lacks the features it re-reads)")
+        if rerank and self.max_rerank is not None and rerank > self.max_rerank:
+            raise ValueError(f"rerank={rerank}: the {self.method_name} model re-ranks at most {self.max_rerank}")
         return text.strip(), int(k), int(rerank)
 
     @torch.no_grad()
@@ -246,78 +163,29 @@ class Searcher:
         k = min(k, n)
         rr = min(rerank, n)
         exact = self.reader.manifest["faiss"]["kind"] == "flat"
-        uca_score = self.method.cfg.get("score", "cosine") if self.supports_uncertainty else "cosine"
-        n_cand = max(k, rr)
-        if uca_score != "cosine":
-            n_cand = n if exact else min(n, max(10 * k, 256))
+        n_cand = min(n, max(k, int(self.method.search_candidates(k, rr, n, exact))))
         scores, ids = fx.search(self.reader.faiss, tf["emb"].numpy(), n_cand, threads=self.search_threads)
         keep = ids[0] >= 0
         cos, ids = scores[0][keep].astype(np.float32), ids[0][keep]
         rows = self.reader.rows_of(ids)
         t2 = time.perf_counter()
-        final = torch.from_numpy(cos.copy())
-        probs: dict[int, float] = {}
-        reranked = np.zeros(len(ids), dtype=bool)
-        if uca_score != "cosine":
-            sub = {"emb": torch.from_numpy(self.reader.emb[rows]), "logvar": self.reader.logvar[torch.from_numpy(rows)]}
-            final = self.method.similarity(uca_score, tf, sub)[0].float()
-        if rr:
-            final, probs = self._rerank(tf, cos, rows, rr)
-            reranked[:rr] = True
+        with self._lock:  # one ranking at a time on the shared model
+            ranking = self.method.rank(tf, self.reader.features(rows), torch.from_numpy(cos.copy()), rr)
+        final = ranking.scores.float().cpu()
         order = torch.argsort(final, descending=True, stable=True)[:k].numpy()
         t3 = time.perf_counter()
+        notes = {name: getattr(ranking, name) for name in ("match_probability", "image_uncertainty", "reranked")}
         hits = []
         for rank, j in enumerate(order.tolist(), 1):
             it = self.reader.items[int(rows[j])]
             hits.append(Hit(rank, int(ids[j]), it["path"], float(final[j]), float(cos[j]),
-                            probs.get(j), None, bool(reranked[j]), it.get("size"), it.get("mtime_ns")))
-        res = SearchResults(text, k, self.method_name, hits, rr or None)
-        if self.supports_uncertainty:
-            self._uncertainty(res, tf, rows[order])
+                            _note(notes["match_probability"], j), _note(notes["image_uncertainty"], j),
+                            bool(notes["reranked"][j]) if notes["reranked"] is not None else False,
+                            it.get("size"), it.get("mtime_ns")))
+        res = SearchResults(text, k, self.method_name, hits, rr or None, ranking.query_uncertainty, ranking.calibrated)
         res.timings_ms = {"encode": round((t1 - t0) * 1e3, 3), "search": round((t2 - t1) * 1e3, 3),
                           "score": round((t3 - t2) * 1e3, 3), "total": round((time.perf_counter() - t0) * 1e3, 3)}
         return res
-
-    def _rerank(self, tf: dict[str, torch.Tensor], cos: np.ndarray, rows: np.ndarray, K: int
-                ) -> tuple[torch.Tensor, dict[int, float]]:
-        """`method.rerank` on the top-K candidates (cosine order); the rest keep cosine - 100."""
-        sim = torch.from_numpy(cos[:K].copy())[None]
-        captured: list[torch.Tensor] = []
-        with self._lock:  # one re-ranking at a time: the hook must see only this query's pairs
-            tokens = self.reader.tokens(rows[:K])
-            hook = self.method.itm_head.register_forward_hook(
-                lambda m, i, o: captured.append(o.detach().float().cpu()))
-            try:
-                scored = self.method.rerank(sim, tf, {"tokens": tokens}, K)[0].float()
-            finally:
-                hook.remove()
-        probs: dict[int, float] = {}
-        if captured:  # one query: the head saw its K pairs in the top-k order of `sim`
-            p = torch.cat(captured).softmax(-1)[:, 1]
-            slots = sim.topk(K, dim=1).indices[0]
-            if len(p) == K:
-                probs = {int(c): float(p[s]) for s, c in enumerate(slots.tolist())}
-        final = torch.from_numpy(cos.copy()) - 100.0
-        final[:K] = scored
-        return final, probs
-
-    def _uncertainty(self, res: SearchResults, tf: dict[str, torch.Tensor], rows: np.ndarray) -> None:
-        from ..methods.distributions import paired_distance, uncertainty
-
-        m = self.method
-        kind = m.cfg.get("uncertainty", "mean_var")
-        res.query_uncertainty = float(uncertainty(tf["logvar"], kind)[0])
-        res.calibrated = bool(float(m.calib_fitted) > 0) if hasattr(m, "calib_fitted") else None
-        if not len(rows):
-            return
-        t = torch.from_numpy(rows)
-        g_mu, g_lv = torch.from_numpy(self.reader.emb[rows]), self.reader.logvar[t]
-        q_mu, q_lv = tf["emb"].expand(len(rows), -1), tf["logvar"].expand(len(rows), -1)
-        d = paired_distance(m.cfg.get("distance", "w2"), q_mu, q_lv, g_mu, g_lv)
-        p = m.match_probability(d)
-        u = uncertainty(g_lv, kind)
-        for h, pi, ui in zip(res.hits, p.tolist(), u.tolist()):
-            h.match_probability, h.image_uncertainty = float(pi), float(ui)
 
     # ------------------------------------------------------------------ explain
     def explain(self, text: str, id_: int, layers: str | int = "all") -> dict[str, Any]:
@@ -326,8 +194,8 @@ class Searcher:
         from ..explain import association_maps
 
         if not self.supports_explain:
-            raise ValueError(f"association maps need a cada (blip-layout) model; the index {self.index_dir} "
-                             f"was built with {self.method_name}")
+            raise ValueError(f"association maps need a method that declares them; the index {self.index_dir} "
+                             f"was built with a {self.method_name} model, which does not")
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"text: the caption must be a non-empty string, got {text!r}")
         item = self.reader.item(id_)
@@ -335,13 +203,17 @@ class Searcher:
             raise KeyError(f"id: no image with id {id_} in the index {self.index_dir}")
         image = load_image(item["path"])
         with self._lock:
-            assoc = association_maps(self.method, self.run.tokenizer, image, text.strip(), self.run.test_transform(),
-                                     self.run.max_len, layers,
-                                     bool(self.method.cfg.get("attribute_include_person", False)))
+            assoc = association_maps(self.method, image, text.strip(), self.run.test_transform(), self.run.max_len,
+                                     layers)
         return {"id": int(id_), "text": assoc.text, "grid": list(assoc.grid), "layers": assoc.layers,
                 "match_probability": _finite(assoc.match_prob), "cosine": _finite(assoc.cosine),
                 "maps": [{"kind": m.kind, "label": m.label, "start": m.start, "end": m.end,
                           "weights": np.round(m.weights.astype(np.float64), 5).tolist()} for m in assoc.maps]}
+
+
+def _note(values: torch.Tensor | None, j: int) -> float | None:
+    """One candidate's note from a per-candidate tensor (None where absent or NaN)."""
+    return None if values is None else _finite(float(values[j]))
 
 
 def _finite(x: float) -> float | None:

@@ -4,9 +4,10 @@ Endpoints (OpenAPI docs at /docs, schema at /openapi.json):
 
     GET  /               the search page (query box, result grid, heat maps)
     GET  /healthz        liveness + index size
-    GET  /info           model, index and capabilities (re-ranking, uncertainty, heat maps), limits
+    GET  /info           model, index and the method's declared capabilities (re-ranking, uncertainty,
+                         heat maps), limits
     POST /search         {"text": str, "k": int, "rerank": int} -> ranked hits with scores
-    POST /explain        {"text": str, "id": int} -> per-word association maps (cada models)
+    POST /explain        {"text": str, "id": int} -> per-word association maps (methods that declare them)
     GET  /images/{id}    the indexed image file with that id (only indexed files are served)
 
 Requests are bounded: the body size (`max_body_bytes`), the query length (`max_text_chars`),
@@ -80,12 +81,16 @@ def create_app(index: str | Path | Searcher, *, model: str | Path | None = None,
     """The app for an index folder (or an already loaded `Searcher`)."""
     searcher = index if isinstance(index, Searcher) else Searcher(index, model=model, device=device)
     info = searcher.info()
+    if searcher.max_rerank is not None:  # the method's own limit, if tighter than the service's
+        max_rerank = min(max_rerank, int(searcher.max_rerank))
 
     class SearchRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
         text: str = Field(..., min_length=1, max_length=max_text_chars, description="the description to search for")
         k: int = Field(10, ge=1, le=max_k, description="number of results")
-        rerank: int = Field(0, ge=0, le=max_rerank, description="cada: re-rank the top K by the matching head (0 = off)")
+        rerank: int = Field(0, ge=0, le=max_rerank,
+                            description="re-rank the top K with the method's second stage, where its capabilities "
+                                        "declare one (0 = off)")
 
     class ExplainRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -116,8 +121,8 @@ def create_app(index: str | Path | Searcher, *, model: str | Path | None = None,
         if not req.text.strip():
             raise HTTPException(422, "text: the query is blank")
         if req.rerank and not searcher.supports_rerank:
-            raise HTTPException(422, f"rerank={req.rerank}: re-ranking needs a cada model; this index uses "
-                                     f"{searcher.method_name}")
+            raise HTTPException(422, f"rerank={req.rerank}: this index's {searcher.method_name} model declares "
+                                     "no re-ranking")
         res = searcher.search(req.text, k=req.k, rerank=req.rerank or None)
         out = res.to_dict()
         for h in out["hits"]:
@@ -128,8 +133,8 @@ def create_app(index: str | Path | Searcher, *, model: str | Path | None = None,
     @app.post("/explain")
     def explain(req: ExplainRequest) -> dict[str, Any]:
         if not searcher.supports_explain:
-            raise HTTPException(400, f"heat maps need a cada (blip-layout) model; this index uses "
-                                     f"{searcher.method_name}")
+            raise HTTPException(400, f"heat maps need a method that declares association maps; this index's "
+                                     f"{searcher.method_name} model does not")
         if searcher.item(req.id) is None:
             raise HTTPException(404, f"id: no image with id {req.id} in the index")
         layers: str | int = int(req.layers) if req.layers.lstrip("-").isdigit() else req.layers

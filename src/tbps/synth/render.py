@@ -12,6 +12,7 @@ the drawing code below.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -223,9 +224,348 @@ def _fabric(size: tuple[int, int], base: RGB, pattern: str, second: RGB, ph: flo
 
 
 # ----------------------------------------------------------------------------- the body parts
+@dataclass
+class _Person:
+    """One person being drawn: the figure, attributes and view, the colours and body measures that
+    `_draw_person` works out once, and the hand positions the arms leave for what is carried."""
+
+    fig: _Fig
+    a: dict[str, Any]
+    app: dict[str, Any]
+    p: dict[str, Any]
+    ph: float
+    full_detail: bool
+    view: str
+    side: bool
+    col: Callable[[RGB], RGB]
+    sgn: Callable[[str], float]
+    skin: RGB
+    hair: RGB
+    up: RGB
+    upper_paint: Any
+    is_dress: bool
+    low: RGB
+    shoe: RGB
+    bag_c: RGB | None
+    hw_c: RGB | None
+    sw: float
+    hip: float
+    depth: float
+    arm_w: float
+    leg_w: float
+    waist_y: float
+    hem_y: float
+    ankle_y: float
+    shoulder_y: float
+    swing: float
+    stride: float
+    hem_low: float
+    long_sleeve: bool
+    carry: str
+    hands: dict[str, tuple[float, float]]
+    long_hair: bool
+    bag: str
+
+
+# ---------------------------------------------------------------- legs and lower garment
+def _legs(b: _Person) -> None:
+    a, ankle_y, depth, fig, full_detail, hip, leg_w = b.a, b.ankle_y, b.depth, b.fig, b.full_detail, b.hip, b.leg_w
+    low, p, shoe, side, skin, stride, swing, waist_y = b.low, b.p, b.shoe, b.side, b.skin, b.stride, b.swing, b.waist_y
+    lift = 0.0
+    if side:
+        dx = 0.16 * stride
+        feet = [(-dx, 0.75), (dx, 1.0)]  # (ankle x, shade): far leg back, near leg forward
+        if swing < 0:
+            feet = [(dx, 0.75), (-dx, 1.0)]
+        hips = [(0.0, waist_y)] * 2
+    else:
+        gap = 0.012 + 0.03 * p["stance"]
+        lift = 0.02 * stride
+        feet = [(-(gap + 0.045), 1.0), (gap + 0.045, 1.0)]
+        hips = [(-0.045, waist_y), (0.045, waist_y)]
+    for (hx, hy), (fx, shade) in zip(hips, feet):
+        ay = ankle_y - (lift if (not side and fx * swing > 0) else 0.0)
+        knee_y = hy + 0.5 * (ay - hy)
+        knee = (hx + 0.5 * (fx - hx), knee_y)
+        ank = (fx, ay)
+        lc = _mix(low, 0.82 * shade) if shade < 1 else low
+        sk = _mix(skin, 0.85 * shade) if shade < 1 else skin
+        sc = _mix(shoe, 0.85 * shade) if shade < 1 else shoe
+        lt = a["lower_type"]
+        # bare leg first, garment over it
+        fig.limb((hx, hy), knee, leg_w, leg_w * 0.85, sk)
+        fig.limb(knee, ank, leg_w * 0.85, leg_w * 0.65, sk)
+        if lt in ("trousers", "jeans"):
+            fig.limb((hx, hy), knee, leg_w * 1.05, leg_w * 0.92, lc)
+            fig.limb(knee, ank, leg_w * 0.92, leg_w * 0.8, lc)
+            if lt == "jeans" and full_detail:  # seam and a slightly faded knee: reads as denim
+                fig.line([(hx, hy + 0.02), knee, ank], _mix(lc, 1.25), 0.006)
+        elif lt == "shorts":
+            mid = (hx + 0.36 * (fx - hx), hy + 0.36 * (ay - hy))
+            fig.limb((hx, hy), mid, leg_w * 1.15, leg_w * 1.1, lc)
+        # shoes
+        if side:
+            fig.ellipse(fx + 0.022, ay + 0.03, 0.045, 0.022, sc)
+        else:
+            fig.ellipse(fx, ay + 0.03, 0.03, 0.022, sc)
+    if a["lower_type"] in ("trousers", "jeans", "shorts"):  # hip block joins the legs
+        if side:
+            fig.rect(-depth * 0.9, waist_y - 0.03, depth * 0.9, waist_y + 0.05, low)
+        else:
+            fig.poly([(-hip, waist_y - 0.03), (hip, waist_y - 0.03), (hip * 0.95, waist_y + 0.06),
+                      (-hip * 0.95, waist_y + 0.06)], low)
+    if a["lower_type"] == "skirt":
+        flare = 1.55
+        if side:
+            fig.poly([(-depth, waist_y - 0.03), (depth, waist_y - 0.03), (depth * flare + 0.02, 0.69),
+                      (-depth * flare - 0.02, 0.69)], low)
+        else:
+            fig.poly([(-hip, waist_y - 0.03), (hip, waist_y - 0.03), (hip * flare, 0.69),
+                      (-hip * flare, 0.69)], low)
+
+
+# --------------------------------------------------------------------------------- torso
+def _torso_shape(b: _Person, d: ImageDraw.ImageDraw, fill: Any) -> None:
+    depth, fig, hem_low, hem_y, hip, is_dress = b.depth, b.fig, b.hem_low, b.hem_y, b.hip, b.is_dress
+    shoulder_y, side, sw, waist_y = b.shoulder_y, b.side, b.sw, b.waist_y
+    if side:
+        pts = [(-depth, shoulder_y), (depth * 0.9, shoulder_y), (depth * 1.05, 0.33), (depth * 0.95, hem_y),
+               (-depth, hem_y)]
+        if hem_low > hem_y:
+            pts = pts[:-2] + [(depth * 1.25, hem_low), (-depth * 1.2, hem_low)]
+        fig.poly(pts, fill, d)
+        fig.ellipse(0.0, shoulder_y + 0.02, depth, 0.03, fill, d)
+    else:
+        pts = [(-sw, shoulder_y + 0.01), (sw, shoulder_y + 0.01), (hip * 1.02, hem_y), (-hip * 1.02, hem_y)]
+        if hem_low > hem_y:
+            flare = 1.45 if is_dress else 1.2
+            pts = pts[:2] + [(hip * 1.05, waist_y), (hip * flare, hem_low), (-hip * flare, hem_low),
+                             (-hip * 1.05, waist_y)]
+        fig.poly(pts, fill, d)
+        fig.ellipse(-sw + 0.03, shoulder_y + 0.03, 0.035, 0.03, fill, d)
+        fig.ellipse(sw - 0.03, shoulder_y + 0.03, 0.035, 0.03, fill, d)
+
+
+def _torso_details(b: _Person) -> None:
+    a, depth, fig, full_detail, hem_low, hem_y, hip = b.a, b.depth, b.fig, b.full_detail, b.hem_low, b.hem_y, b.hip
+    shoulder_y, skin, sw, up, view, waist_y = b.shoulder_y, b.skin, b.sw, b.up, b.view, b.waist_y
+    if not full_detail:
+        return
+    dark = _mix(up, 0.7)
+    t = a["upper_type"]
+    if view == "front":
+        if t in ("t-shirt", "sweater", "dress"):  # round neckline
+            fig.ellipse(0.0, shoulder_y + 0.004, 0.028, 0.018, skin)
+        if t == "shirt":  # collar and buttons
+            light = _mix(up, 1.35)
+            fig.poly([(-0.032, shoulder_y - 0.005), (0.0, shoulder_y + 0.035), (-0.005, shoulder_y + 0.005)], light)
+            fig.poly([(0.032, shoulder_y - 0.005), (0.0, shoulder_y + 0.035), (0.005, shoulder_y + 0.005)], light)
+            for y in (0.23, 0.3, 0.37, 0.44):
+                fig.ellipse(0.0, y, 0.006, 0.006, dark)
+        if t in ("jacket", "coat"):  # opening / zip and lapels
+            fig.line([(0.0, shoulder_y + 0.01), (0.0, hem_low)], dark, 0.008)
+            fig.poly([(-0.035, shoulder_y), (0.0, shoulder_y + 0.06), (-0.01, shoulder_y)], dark)
+            fig.poly([(0.035, shoulder_y), (0.0, shoulder_y + 0.06), (0.01, shoulder_y)], dark)
+            if t == "coat":
+                for y in (0.26, 0.35, 0.44, 0.53):
+                    fig.ellipse(0.015, y, 0.006, 0.006, dark)
+        if t == "sweater":  # ribbed hem
+            fig.rect(-hip * 1.02, hem_y - 0.022, hip * 1.02, hem_y, dark)
+        if t == "dress":  # waist seam
+            fig.line([(-hip * 1.05, waist_y - 0.02), (hip * 1.05, waist_y - 0.02)], dark, 0.006)
+    elif view == "back":
+        if t == "sweater":
+            fig.rect(-hip * 1.02, hem_y - 0.022, hip * 1.02, hem_y, dark)
+        if t in ("jacket", "coat", "shirt"):  # yoke seam
+            fig.line([(-sw * 0.8, 0.22), (sw * 0.8, 0.22)], dark, 0.005)
+    else:
+        if t in ("jacket", "coat"):
+            fig.line([(depth * 1.0, shoulder_y + 0.03), (depth * 1.05, hem_low)], dark, 0.006)
+        if t == "sweater":
+            fig.rect(-depth, hem_y - 0.022, depth * 0.95, hem_y, dark)
+
+
+def _arm_points(b: _Person, body_side: str, phase: float) -> tuple[tuple[float, float], ...]:
+    """(shoulder, elbow, hand) for one arm; `phase` is the swing (-1 back .. 1 forward)."""
+    app, carry, sgn, shoulder_y, side, sw = b.app, b.carry, b.sgn, b.shoulder_y, b.side, b.sw
+    bent = carry == "phone" and body_side == app["carry_side"]
+    if side:
+        s = (0.0, shoulder_y + 0.02)
+        if bent:
+            return s, (0.015, 0.31), (0.085, 0.255)
+        ang = math.radians(28.0 * phase)
+        e = (s[0] + 0.15 * math.sin(ang), s[1] + 0.15 * math.cos(ang))
+        ang2 = ang + math.radians(12.0 + 8.0 * max(phase, 0))
+        h = (e[0] + 0.14 * math.sin(ang2), e[1] + 0.14 * math.cos(ang2))
+        return s, e, h
+    x = sgn(body_side)
+    s = (x * (sw - 0.022), shoulder_y + 0.025)
+    if bent:
+        return s, (x * (sw + 0.012), 0.33), (x * sw * 0.45, 0.275)
+    out = 0.012 + 0.01 * abs(phase)
+    e = (x * (sw + out), 0.32)
+    h = (x * (sw + out + 0.004), 0.465 - 0.02 * abs(phase))
+    return s, e, h
+
+
+def _arm(b: _Person, body_side: str, phase: float, shade: float) -> None:
+    a, arm_w, fig, full_detail, hands, long_sleeve = b.a, b.arm_w, b.fig, b.full_detail, b.hands, b.long_sleeve
+    skin, up, upper_paint = b.skin, b.up, b.upper_paint
+    s, e, h = _arm_points(b, body_side, phase)
+    hands[body_side] = h
+    sk = _mix(skin, shade) if shade < 1 else skin
+    sleeve_col = upper_paint if shade >= 1 else (_mix(up, shade))
+    fig.limb(s, e, arm_w, arm_w * 0.9, sk)
+    fig.limb(e, h, arm_w * 0.9, arm_w * 0.75, sk)
+    if long_sleeve:
+        fig.paint(lambda d, f: (fig.limb(s, e, arm_w * 1.12, arm_w * 1.02, f, d),
+                                fig.limb(e, h, arm_w * 1.02, arm_w * 0.9, f, d)), sleeve_col)
+        if a["upper_type"] == "sweater" and full_detail:
+            fig.limb((e[0] + 0.8 * (h[0] - e[0]), e[1] + 0.8 * (h[1] - e[1])), h, arm_w * 0.95, arm_w * 0.9,
+                     _mix(up, 0.7 * shade), caps=False)
+    else:
+        mid = (s[0] + 0.55 * (e[0] - s[0]), s[1] + 0.55 * (e[1] - s[1]))
+        fig.paint(lambda d, f: fig.limb(s, mid, arm_w * 1.2, arm_w * 1.15, f, d), sleeve_col)
+    fig.ellipse(h[0], h[1] + 0.008, arm_w * 0.45, arm_w * 0.5, sk)
+
+
+def _hair_back(b: _Person) -> None:  # long hair hanging behind the shoulders (drawn before the torso)
+    fig, hair, long_hair, view = b.fig, b.hair, b.long_hair, b.view
+    if long_hair and view == "front":
+        fig.poly([(-0.052, 0.07), (0.052, 0.07), (0.062, 0.265), (-0.062, 0.265)], hair)
+
+
+def _head(b: _Person) -> None:
+    a, app, fig, full_detail, hair, long_hair, ph = b.a, b.app, b.fig, b.full_detail, b.hair, b.long_hair, b.ph
+    shoulder_y, side, skin, view = b.shoulder_y, b.side, b.skin, b.view
+    fig.rect(-0.02, 0.11, 0.02, shoulder_y + 0.02, skin)  # neck
+    if side:
+        fig.ellipse(0.0, 0.07, 0.05, 0.06, hair)
+        fig.ellipse(0.016, 0.083, 0.038, 0.05, skin)
+        fig.poly([(0.05, 0.075), (0.064, 0.095), (0.048, 0.1)], skin)  # nose
+        if long_hair:
+            fig.poly([(-0.05, 0.07), (-0.01, 0.07), (-0.018, 0.27), (-0.062, 0.26)], hair)
+        elif a["headwear"] == "none" and app["hair_style"]:
+            fig.ellipse(-0.02, 0.05, 0.035, 0.03, hair)
+    elif view == "front":
+        fig.ellipse(0.0, 0.068, 0.053, 0.062, hair)
+        fig.ellipse(0.0, 0.086, 0.043, 0.05, skin)
+        if full_detail and ph > 90:
+            eye = _mix(skin, 0.35)
+            fig.ellipse(-0.016, 0.083, 0.005, 0.004, eye)
+            fig.ellipse(0.016, 0.083, 0.005, 0.004, eye)
+        if app["hair_style"] and not long_hair:  # fringe
+            fig.poly([(-0.045, 0.045), (0.045, 0.045), (0.03, 0.06), (-0.04, 0.062)], hair)
+    else:
+        fig.ellipse(0.0, 0.072, 0.052, 0.062, hair)
+        if long_hair:
+            fig.poly([(-0.05, 0.08), (0.05, 0.08), (0.06, 0.27), (-0.06, 0.27)], hair)
+
+
+def _headwear(b: _Person) -> None:
+    a, fig, hw_c, side, view = b.a, b.fig, b.hw_c, b.side, b.view
+    hw = a["headwear"]
+    if hw == "none" or hw_c is None:
+        return
+    dark = _mix(hw_c, 0.75)
+    if hw == "cap":
+        fig.ellipse(0.0 if not side else -0.004, 0.04, 0.054, 0.036, hw_c)
+        fig.rect(-0.054, 0.04, 0.054, 0.052, hw_c)
+        if side:
+            fig.poly([(0.02, 0.045), (0.095, 0.05), (0.09, 0.058), (0.02, 0.056)], dark)
+        elif view == "front":
+            fig.ellipse(0.0, 0.055, 0.06, 0.011, dark)
+    elif hw == "hat":
+        fig.ellipse(0.0, 0.045, 0.09, 0.016, dark if view != "back" else hw_c)
+        fig.rect(-0.045, -0.005, 0.045, 0.045, hw_c, radius=0.01)
+        fig.rect(-0.045, 0.03, 0.045, 0.042, dark)
+    else:  # beanie
+        fig.ellipse(0.0, 0.045, 0.056, 0.05, hw_c)
+        fig.rect(-0.056, 0.045, 0.056, 0.062, dark)
+
+
+def _backpack_behind(b: _Person) -> None:  # side view: the pack sticks out behind the back
+    bag, bag_c, depth, fig, side = b.bag, b.bag_c, b.depth, b.fig, b.side
+    if bag == "backpack" and side and bag_c:
+        fig.rect(-depth - 0.075, 0.2, -depth + 0.01, 0.43, bag_c, radius=0.02)
+        fig.rect(-depth - 0.08, 0.33, -depth - 0.04, 0.41, _mix(bag_c, 0.75), radius=0.01)
+
+
+def _bags_front(b: _Person) -> None:
+    app, bag, bag_c, depth, fig, hip, p, sgn = b.app, b.bag, b.bag_c, b.depth, b.fig, b.hip, b.p, b.sgn
+    shoulder_y, side, sw, view = b.shoulder_y, b.side, b.sw, b.view
+    if bag == "none" or bag_c is None:
+        return
+    dark = _mix(bag_c, 0.7)
+    if bag == "backpack":
+        if view == "back":
+            w = sw * 0.75
+            fig.rect(-w, 0.2, w, 0.44, bag_c, radius=0.025)
+            fig.rect(-w * 0.7, 0.33, w * 0.7, 0.42, dark, radius=0.015)
+            fig.line([(-0.02, 0.2), (0.0, 0.18), (0.02, 0.2)], dark, 0.008)
+        elif view == "front" and p["straps_visible"]:
+            for x in (-1, 1):
+                fig.line([(x * sw * 0.62, shoulder_y + 0.005), (x * sw * 0.66, 0.36)], bag_c, 0.022)
+        elif side:
+            fig.line([(-depth * 0.6, shoulder_y + 0.005), (depth * 0.8, 0.24), (depth * 0.7, 0.36)], bag_c, 0.018)
+    elif bag == "shoulder bag":
+        bs = app["bag_side"]
+        if side:
+            if bs != p["near_side"]:
+                fig.line([(-depth * 0.3, shoulder_y), (0.0, 0.24)], bag_c, 0.014)
+                return
+            fig.line([(depth * 0.4, shoulder_y), (0.0, 0.3), (-depth * 0.5, 0.42)], bag_c, 0.014)
+            fig.rect(-0.055, 0.41, 0.04, 0.5, bag_c, radius=0.012)
+            fig.line([(-0.055, 0.44), (0.04, 0.44)], dark, 0.006)
+        else:
+            x = sgn(bs)
+            fig.line([(-x * sw * 0.55, shoulder_y + 0.005), (x * (hip + 0.02), 0.43)], bag_c, 0.014)
+            bx = x * (hip + 0.035)
+            fig.rect(bx - 0.045, 0.42, bx + 0.045, 0.5, bag_c, radius=0.012)
+            if view == "front":
+                fig.line([(bx - 0.045, 0.45), (bx + 0.045, 0.45)], dark, 0.006)
+
+
+def _handheld(b: _Person) -> None:
+    """Handbag and carried objects, at the hand that holds them (near side only in side views)."""
+    app, bag, bag_c, carry, col, fig, hands, p = b.app, b.bag, b.bag_c, b.carry, b.col, b.fig, b.hands, b.p
+    side, view = b.side, b.view
+    if bag == "handbag" and bag_c is not None:
+        bs = app["bag_side"]
+        if not side or bs == p["near_side"]:
+            hx, hy = hands[bs]
+            fig.line([(hx - 0.025, hy + 0.035), (hx, hy - 0.005), (hx + 0.025, hy + 0.035)], _mix(bag_c, 0.7), 0.008)
+            fig.rect(hx - 0.045, hy + 0.03, hx + 0.045, hy + 0.105, bag_c, radius=0.012)
+    cs = app["carry_side"]
+    if carry == "none" or (side and cs != p["near_side"]):
+        return
+    hx, hy = hands[cs]
+    if carry == "phone":
+        if view == "back":
+            return
+        fig.rect(hx - 0.017, hy - 0.05, hx + 0.017, hy + 0.005, (25, 25, 30), radius=0.004)
+        fig.rect(hx - 0.011, hy - 0.044, hx + 0.011, hy - 0.002, (150, 180, 210))
+    elif carry == "umbrella":
+        uc = col(COLOUR_RGB[app["umbrella_colour"]])
+        fig.line([(hx, hy), (hx + 0.01, 0.9)], (60, 60, 60), 0.007)
+        fig.poly([(hx - 0.03, hy + 0.05), (hx + 0.036, hy + 0.05), (hx + 0.012, 0.85)], uc)
+        fig.line([(hx - 0.012, hy + 0.16), (hx + 0.03, hy + 0.16)], _mix(uc, 0.6), 0.008)  # strap
+        fig.line([(hx - 0.015, hy - 0.01), (hx, hy - 0.025), (hx + 0.008, hy)], (60, 60, 60), 0.008)
+    elif carry == "bottle":
+        bc = col(COLOUR_RGB[app["bottle_colour"]])
+        fig.rect(hx - 0.015, hy - 0.02, hx + 0.015, hy + 0.065, _mix(bc, 1.3), radius=0.006)
+        fig.rect(hx - 0.009, hy - 0.032, hx + 0.009, hy - 0.018, bc)
+    elif carry == "cup":
+        fig.poly([(hx - 0.02, hy - 0.02), (hx + 0.02, hy - 0.02), (hx + 0.015, hy + 0.035),
+                  (hx - 0.015, hy + 0.035)], (245, 242, 235))
+        fig.rect(hx - 0.021, hy - 0.03, hx + 0.021, hy - 0.02, (90, 60, 40))
+        fig.rect(hx - 0.019, hy + 0.0, hx + 0.019, hy + 0.015, (140, 95, 60))
+
+
 def _draw_person(img: Image.Image, ident: dict[str, Any], p: dict[str, Any], cx: float, top: float,
                  ph: float, rng: np.random.Generator, dim: float = 1.0, full_detail: bool = True) -> None:
-    """Draw one person into `img` (canvas pixels), following the view and pose in `p`."""
+    """Draw one person into `img` (canvas pixels), following the view and pose in `p`: work out its
+    colours and measures once, then draw the body parts back to front."""
     a, app = ident["attributes"], ident["appearance"]
     sh = app["shade"]
     view = p["view"]
@@ -264,309 +604,43 @@ def _draw_person(img: Image.Image, ident: dict[str, Any], p: dict[str, Any], cx:
         s = -1.0 if body_side == "right" else 1.0
         return s if view == "front" else -s
 
-    # ---------------------------------------------------------------- legs and lower garment
-    def legs() -> None:
-        lift = 0.0
-        if side:
-            dx = 0.16 * stride
-            feet = [(-dx, 0.75), (dx, 1.0)]  # (ankle x, shade): far leg back, near leg forward
-            if swing < 0:
-                feet = [(dx, 0.75), (-dx, 1.0)]
-            hips = [(0.0, waist_y)] * 2
-        else:
-            gap = 0.012 + 0.03 * p["stance"]
-            lift = 0.02 * stride
-            feet = [(-(gap + 0.045), 1.0), (gap + 0.045, 1.0)]
-            hips = [(-0.045, waist_y), (0.045, waist_y)]
-        for (hx, hy), (fx, shade) in zip(hips, feet):
-            ay = ankle_y - (lift if (not side and fx * swing > 0) else 0.0)
-            knee_y = hy + 0.5 * (ay - hy)
-            knee = (hx + 0.5 * (fx - hx), knee_y)
-            ank = (fx, ay)
-            lc = _mix(low, 0.82 * shade) if shade < 1 else low
-            sk = _mix(skin, 0.85 * shade) if shade < 1 else skin
-            sc = _mix(shoe, 0.85 * shade) if shade < 1 else shoe
-            lt = a["lower_type"]
-            # bare leg first, garment over it
-            fig.limb((hx, hy), knee, leg_w, leg_w * 0.85, sk)
-            fig.limb(knee, ank, leg_w * 0.85, leg_w * 0.65, sk)
-            if lt in ("trousers", "jeans"):
-                fig.limb((hx, hy), knee, leg_w * 1.05, leg_w * 0.92, lc)
-                fig.limb(knee, ank, leg_w * 0.92, leg_w * 0.8, lc)
-                if lt == "jeans" and full_detail:  # seam and a slightly faded knee: reads as denim
-                    fig.line([(hx, hy + 0.02), knee, ank], _mix(lc, 1.25), 0.006)
-            elif lt == "shorts":
-                mid = (hx + 0.36 * (fx - hx), hy + 0.36 * (ay - hy))
-                fig.limb((hx, hy), mid, leg_w * 1.15, leg_w * 1.1, lc)
-            # shoes
-            if side:
-                fig.ellipse(fx + 0.022, ay + 0.03, 0.045, 0.022, sc)
-            else:
-                fig.ellipse(fx, ay + 0.03, 0.03, 0.022, sc)
-        if a["lower_type"] in ("trousers", "jeans", "shorts"):  # hip block joins the legs
-            if side:
-                fig.rect(-depth * 0.9, waist_y - 0.03, depth * 0.9, waist_y + 0.05, low)
-            else:
-                fig.poly([(-hip, waist_y - 0.03), (hip, waist_y - 0.03), (hip * 0.95, waist_y + 0.06),
-                          (-hip * 0.95, waist_y + 0.06)], low)
-        if a["lower_type"] == "skirt":
-            flare = 1.55
-            if side:
-                fig.poly([(-depth, waist_y - 0.03), (depth, waist_y - 0.03), (depth * flare + 0.02, 0.69),
-                          (-depth * flare - 0.02, 0.69)], low)
-            else:
-                fig.poly([(-hip, waist_y - 0.03), (hip, waist_y - 0.03), (hip * flare, 0.69),
-                          (-hip * flare, 0.69)], low)
-
-    # --------------------------------------------------------------------------------- torso
-    def torso_shape(d: ImageDraw.ImageDraw, fill: Any) -> None:
-        if side:
-            pts = [(-depth, shoulder_y), (depth * 0.9, shoulder_y), (depth * 1.05, 0.33), (depth * 0.95, hem_y),
-                   (-depth, hem_y)]
-            if hem_low > hem_y:
-                pts = pts[:-2] + [(depth * 1.25, hem_low), (-depth * 1.2, hem_low)]
-            fig.poly(pts, fill, d)
-            fig.ellipse(0.0, shoulder_y + 0.02, depth, 0.03, fill, d)
-        else:
-            pts = [(-sw, shoulder_y + 0.01), (sw, shoulder_y + 0.01), (hip * 1.02, hem_y), (-hip * 1.02, hem_y)]
-            if hem_low > hem_y:
-                flare = 1.45 if is_dress else 1.2
-                pts = pts[:2] + [(hip * 1.05, waist_y), (hip * flare, hem_low), (-hip * flare, hem_low),
-                                 (-hip * 1.05, waist_y)]
-            fig.poly(pts, fill, d)
-            fig.ellipse(-sw + 0.03, shoulder_y + 0.03, 0.035, 0.03, fill, d)
-            fig.ellipse(sw - 0.03, shoulder_y + 0.03, 0.035, 0.03, fill, d)
-
-    def torso_details() -> None:
-        if not full_detail:
-            return
-        dark = _mix(up, 0.7)
-        t = a["upper_type"]
-        if view == "front":
-            if t in ("t-shirt", "sweater", "dress"):  # round neckline
-                fig.ellipse(0.0, shoulder_y + 0.004, 0.028, 0.018, skin)
-            if t == "shirt":  # collar and buttons
-                light = _mix(up, 1.35)
-                fig.poly([(-0.032, shoulder_y - 0.005), (0.0, shoulder_y + 0.035), (-0.005, shoulder_y + 0.005)], light)
-                fig.poly([(0.032, shoulder_y - 0.005), (0.0, shoulder_y + 0.035), (0.005, shoulder_y + 0.005)], light)
-                for y in (0.23, 0.3, 0.37, 0.44):
-                    fig.ellipse(0.0, y, 0.006, 0.006, dark)
-            if t in ("jacket", "coat"):  # opening / zip and lapels
-                fig.line([(0.0, shoulder_y + 0.01), (0.0, hem_low)], dark, 0.008)
-                fig.poly([(-0.035, shoulder_y), (0.0, shoulder_y + 0.06), (-0.01, shoulder_y)], dark)
-                fig.poly([(0.035, shoulder_y), (0.0, shoulder_y + 0.06), (0.01, shoulder_y)], dark)
-                if t == "coat":
-                    for y in (0.26, 0.35, 0.44, 0.53):
-                        fig.ellipse(0.015, y, 0.006, 0.006, dark)
-            if t == "sweater":  # ribbed hem
-                fig.rect(-hip * 1.02, hem_y - 0.022, hip * 1.02, hem_y, dark)
-            if t == "dress":  # waist seam
-                fig.line([(-hip * 1.05, waist_y - 0.02), (hip * 1.05, waist_y - 0.02)], dark, 0.006)
-        elif view == "back":
-            if t == "sweater":
-                fig.rect(-hip * 1.02, hem_y - 0.022, hip * 1.02, hem_y, dark)
-            if t in ("jacket", "coat", "shirt"):  # yoke seam
-                fig.line([(-sw * 0.8, 0.22), (sw * 0.8, 0.22)], dark, 0.005)
-        else:
-            if t in ("jacket", "coat"):
-                fig.line([(depth * 1.0, shoulder_y + 0.03), (depth * 1.05, hem_low)], dark, 0.006)
-            if t == "sweater":
-                fig.rect(-depth, hem_y - 0.022, depth * 0.95, hem_y, dark)
-
-    # ---------------------------------------------------------------------------------- arms
     long_sleeve = a["sleeve_length"] == "long"
     carry = a["carried"]
-
-    def arm_points(body_side: str, phase: float) -> tuple[tuple[float, float], ...]:
-        """(shoulder, elbow, hand) for one arm; `phase` is the swing (-1 back .. 1 forward)."""
-        bent = carry == "phone" and body_side == app["carry_side"]
-        if side:
-            s = (0.0, shoulder_y + 0.02)
-            if bent:
-                return s, (0.015, 0.31), (0.085, 0.255)
-            ang = math.radians(28.0 * phase)
-            e = (s[0] + 0.15 * math.sin(ang), s[1] + 0.15 * math.cos(ang))
-            ang2 = ang + math.radians(12.0 + 8.0 * max(phase, 0))
-            h = (e[0] + 0.14 * math.sin(ang2), e[1] + 0.14 * math.cos(ang2))
-            return s, e, h
-        x = sgn(body_side)
-        s = (x * (sw - 0.022), shoulder_y + 0.025)
-        if bent:
-            return s, (x * (sw + 0.012), 0.33), (x * sw * 0.45, 0.275)
-        out = 0.012 + 0.01 * abs(phase)
-        e = (x * (sw + out), 0.32)
-        h = (x * (sw + out + 0.004), 0.465 - 0.02 * abs(phase))
-        return s, e, h
-
-    hands: dict[str, tuple[float, float]] = {}
-
-    def arm(body_side: str, phase: float, shade: float) -> None:
-        s, e, h = arm_points(body_side, phase)
-        hands[body_side] = h
-        sk = _mix(skin, shade) if shade < 1 else skin
-        sleeve_col = upper_paint if shade >= 1 else (_mix(up, shade))
-        fig.limb(s, e, arm_w, arm_w * 0.9, sk)
-        fig.limb(e, h, arm_w * 0.9, arm_w * 0.75, sk)
-        if long_sleeve:
-            fig.paint(lambda d, f: (fig.limb(s, e, arm_w * 1.12, arm_w * 1.02, f, d),
-                                    fig.limb(e, h, arm_w * 1.02, arm_w * 0.9, f, d)), sleeve_col)
-            if a["upper_type"] == "sweater" and full_detail:
-                fig.limb((e[0] + 0.8 * (h[0] - e[0]), e[1] + 0.8 * (h[1] - e[1])), h, arm_w * 0.95, arm_w * 0.9,
-                         _mix(up, 0.7 * shade), caps=False)
-        else:
-            mid = (s[0] + 0.55 * (e[0] - s[0]), s[1] + 0.55 * (e[1] - s[1]))
-            fig.paint(lambda d, f: fig.limb(s, mid, arm_w * 1.2, arm_w * 1.15, f, d), sleeve_col)
-        fig.ellipse(h[0], h[1] + 0.008, arm_w * 0.45, arm_w * 0.5, sk)
-
-    # ------------------------------------------------------------------------- head and hair
+    hands: dict[str, tuple[float, float]] = {}  # filled by _arm, read by _handheld
     long_hair = a["hair_length"] == "long"
-
-    def hair_back() -> None:  # long hair hanging behind the shoulders (drawn before the torso)
-        if long_hair and view == "front":
-            fig.poly([(-0.052, 0.07), (0.052, 0.07), (0.062, 0.265), (-0.062, 0.265)], hair)
-
-    def head() -> None:
-        fig.rect(-0.02, 0.11, 0.02, shoulder_y + 0.02, skin)  # neck
-        if side:
-            fig.ellipse(0.0, 0.07, 0.05, 0.06, hair)
-            fig.ellipse(0.016, 0.083, 0.038, 0.05, skin)
-            fig.poly([(0.05, 0.075), (0.064, 0.095), (0.048, 0.1)], skin)  # nose
-            if long_hair:
-                fig.poly([(-0.05, 0.07), (-0.01, 0.07), (-0.018, 0.27), (-0.062, 0.26)], hair)
-            elif a["headwear"] == "none" and app["hair_style"]:
-                fig.ellipse(-0.02, 0.05, 0.035, 0.03, hair)
-        elif view == "front":
-            fig.ellipse(0.0, 0.068, 0.053, 0.062, hair)
-            fig.ellipse(0.0, 0.086, 0.043, 0.05, skin)
-            if full_detail and ph > 90:
-                eye = _mix(skin, 0.35)
-                fig.ellipse(-0.016, 0.083, 0.005, 0.004, eye)
-                fig.ellipse(0.016, 0.083, 0.005, 0.004, eye)
-            if app["hair_style"] and not long_hair:  # fringe
-                fig.poly([(-0.045, 0.045), (0.045, 0.045), (0.03, 0.06), (-0.04, 0.062)], hair)
-        else:
-            fig.ellipse(0.0, 0.072, 0.052, 0.062, hair)
-            if long_hair:
-                fig.poly([(-0.05, 0.08), (0.05, 0.08), (0.06, 0.27), (-0.06, 0.27)], hair)
-
-    def headwear() -> None:
-        hw = a["headwear"]
-        if hw == "none" or hw_c is None:
-            return
-        dark = _mix(hw_c, 0.75)
-        if hw == "cap":
-            fig.ellipse(0.0 if not side else -0.004, 0.04, 0.054, 0.036, hw_c)
-            fig.rect(-0.054, 0.04, 0.054, 0.052, hw_c)
-            if side:
-                fig.poly([(0.02, 0.045), (0.095, 0.05), (0.09, 0.058), (0.02, 0.056)], dark)
-            elif view == "front":
-                fig.ellipse(0.0, 0.055, 0.06, 0.011, dark)
-        elif hw == "hat":
-            fig.ellipse(0.0, 0.045, 0.09, 0.016, dark if view != "back" else hw_c)
-            fig.rect(-0.045, -0.005, 0.045, 0.045, hw_c, radius=0.01)
-            fig.rect(-0.045, 0.03, 0.045, 0.042, dark)
-        else:  # beanie
-            fig.ellipse(0.0, 0.045, 0.056, 0.05, hw_c)
-            fig.rect(-0.056, 0.045, 0.056, 0.062, dark)
-
-    # ----------------------------------------------------------------------------- bags etc.
     bag = a["bag"]
-
-    def backpack_behind() -> None:  # side view: the pack sticks out behind the back
-        if bag == "backpack" and side and bag_c:
-            fig.rect(-depth - 0.075, 0.2, -depth + 0.01, 0.43, bag_c, radius=0.02)
-            fig.rect(-depth - 0.08, 0.33, -depth - 0.04, 0.41, _mix(bag_c, 0.75), radius=0.01)
-
-    def bags_front() -> None:
-        if bag == "none" or bag_c is None:
-            return
-        dark = _mix(bag_c, 0.7)
-        if bag == "backpack":
-            if view == "back":
-                w = sw * 0.75
-                fig.rect(-w, 0.2, w, 0.44, bag_c, radius=0.025)
-                fig.rect(-w * 0.7, 0.33, w * 0.7, 0.42, dark, radius=0.015)
-                fig.line([(-0.02, 0.2), (0.0, 0.18), (0.02, 0.2)], dark, 0.008)
-            elif view == "front" and p["straps_visible"]:
-                for x in (-1, 1):
-                    fig.line([(x * sw * 0.62, shoulder_y + 0.005), (x * sw * 0.66, 0.36)], bag_c, 0.022)
-            elif side:
-                fig.line([(-depth * 0.6, shoulder_y + 0.005), (depth * 0.8, 0.24), (depth * 0.7, 0.36)], bag_c, 0.018)
-        elif bag == "shoulder bag":
-            bs = app["bag_side"]
-            if side:
-                if bs != p["near_side"]:
-                    fig.line([(-depth * 0.3, shoulder_y), (0.0, 0.24)], bag_c, 0.014)
-                    return
-                fig.line([(depth * 0.4, shoulder_y), (0.0, 0.3), (-depth * 0.5, 0.42)], bag_c, 0.014)
-                fig.rect(-0.055, 0.41, 0.04, 0.5, bag_c, radius=0.012)
-                fig.line([(-0.055, 0.44), (0.04, 0.44)], dark, 0.006)
-            else:
-                x = sgn(bs)
-                fig.line([(-x * sw * 0.55, shoulder_y + 0.005), (x * (hip + 0.02), 0.43)], bag_c, 0.014)
-                bx = x * (hip + 0.035)
-                fig.rect(bx - 0.045, 0.42, bx + 0.045, 0.5, bag_c, radius=0.012)
-                if view == "front":
-                    fig.line([(bx - 0.045, 0.45), (bx + 0.045, 0.45)], dark, 0.006)
-
-    def handheld() -> None:
-        """Handbag and carried objects, at the hand that holds them (near side only in side views)."""
-        if bag == "handbag" and bag_c is not None:
-            bs = app["bag_side"]
-            if not side or bs == p["near_side"]:
-                hx, hy = hands[bs]
-                fig.line([(hx - 0.025, hy + 0.035), (hx, hy - 0.005), (hx + 0.025, hy + 0.035)], _mix(bag_c, 0.7), 0.008)
-                fig.rect(hx - 0.045, hy + 0.03, hx + 0.045, hy + 0.105, bag_c, radius=0.012)
-        cs = app["carry_side"]
-        if carry == "none" or (side and cs != p["near_side"]):
-            return
-        hx, hy = hands[cs]
-        if carry == "phone":
-            if view == "back":
-                return
-            fig.rect(hx - 0.017, hy - 0.05, hx + 0.017, hy + 0.005, (25, 25, 30), radius=0.004)
-            fig.rect(hx - 0.011, hy - 0.044, hx + 0.011, hy - 0.002, (150, 180, 210))
-        elif carry == "umbrella":
-            uc = col(COLOUR_RGB[app["umbrella_colour"]])
-            fig.line([(hx, hy), (hx + 0.01, 0.9)], (60, 60, 60), 0.007)
-            fig.poly([(hx - 0.03, hy + 0.05), (hx + 0.036, hy + 0.05), (hx + 0.012, 0.85)], uc)
-            fig.line([(hx - 0.012, hy + 0.16), (hx + 0.03, hy + 0.16)], _mix(uc, 0.6), 0.008)  # strap
-            fig.line([(hx - 0.015, hy - 0.01), (hx, hy - 0.025), (hx + 0.008, hy)], (60, 60, 60), 0.008)
-        elif carry == "bottle":
-            bc = col(COLOUR_RGB[app["bottle_colour"]])
-            fig.rect(hx - 0.015, hy - 0.02, hx + 0.015, hy + 0.065, _mix(bc, 1.3), radius=0.006)
-            fig.rect(hx - 0.009, hy - 0.032, hx + 0.009, hy - 0.018, bc)
-        elif carry == "cup":
-            fig.poly([(hx - 0.02, hy - 0.02), (hx + 0.02, hy - 0.02), (hx + 0.015, hy + 0.035),
-                      (hx - 0.015, hy + 0.035)], (245, 242, 235))
-            fig.rect(hx - 0.021, hy - 0.03, hx + 0.021, hy - 0.02, (90, 60, 40))
-            fig.rect(hx - 0.019, hy + 0.0, hx + 0.019, hy + 0.015, (140, 95, 60))
+    person = _Person(fig=fig, a=a, app=app, p=p, ph=ph, full_detail=full_detail, view=view, side=side, col=col,
+                     sgn=sgn, skin=skin, hair=hair, up=up, upper_paint=upper_paint, is_dress=is_dress, low=low,
+                     shoe=shoe, bag_c=bag_c, hw_c=hw_c, sw=sw, hip=hip, depth=depth, arm_w=arm_w, leg_w=leg_w,
+                     waist_y=waist_y, hem_y=hem_y, ankle_y=ankle_y, shoulder_y=shoulder_y, swing=swing,
+                     stride=stride, hem_low=hem_low, long_sleeve=long_sleeve, carry=carry, hands=hands,
+                     long_hair=long_hair, bag=bag)
 
     # ------------------------------------------------------------------------ compose layers
     if side:
         far, near = other_side(p["near_side"]), p["near_side"]
-        arm(far, -swing, 0.78)
-        legs()
-        hair_back()
-        fig.paint(torso_shape, upper_paint)
-        torso_details()
-        backpack_behind()
-        head()
-        headwear()
-        bags_front()
-        arm(near, swing, 1.0)
-        handheld()
+        _arm(person, far, -swing, 0.78)
+        _legs(person)
+        _hair_back(person)
+        fig.paint(lambda d, fill: _torso_shape(person, d, fill), upper_paint)
+        _torso_details(person)
+        _backpack_behind(person)
+        _head(person)
+        _headwear(person)
+        _bags_front(person)
+        _arm(person, near, swing, 1.0)
+        _handheld(person)
     else:
-        hair_back()
-        legs()
-        fig.paint(torso_shape, upper_paint)
-        torso_details()
-        arm("left", swing, 1.0)
-        arm("right", -swing, 1.0)
-        head()
-        headwear()
-        bags_front()
-        handheld()
+        _hair_back(person)
+        _legs(person)
+        fig.paint(lambda d, fill: _torso_shape(person, d, fill), upper_paint)
+        _torso_details(person)
+        _arm(person, "left", swing, 1.0)
+        _arm(person, "right", -swing, 1.0)
+        _head(person)
+        _headwear(person)
+        _bags_front(person)
+        _handheld(person)
 
 
 # ---------------------------------------------------------------------------- the background

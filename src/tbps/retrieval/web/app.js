@@ -27,6 +27,7 @@ async function loadInfo() {
   const idx = info.index || {};
   const recall = idx.kind === "flat" ? "exact search" : `${idx.kind}, recall@10 ${fmt(idx.recall_at_10, 3)}`;
   $("#about").textContent = `${info.images} images · ${info.method} model · ${recall}`;
+  // options come from the method's declared capabilities, never from its name
   if (info.rerank) {
     $("#rerank-label").hidden = false;
     $("#rerank").value = info.default_rerank || 0;
@@ -137,7 +138,7 @@ async function showDetail(hit, fig) {
   if (hit.image_uncertainty !== null && hit.image_uncertainty !== undefined) parts.push(`image uncertainty ${fmt(hit.image_uncertainty, 4)}`);
   $("#detail-info").textContent = parts.join(" · ");
   const note = $("#explain-note");
-  if (!info.explain) { note.textContent = `Heat maps need a model with an image-grounded text encoder (cada); this index uses ${info.method}.`; return; }
+  if (!info.explain) { note.textContent = `Heat maps need a method that declares association maps; this index's ${info.method} model does not.`; return; }
   note.textContent = "Computing association maps…";
   const r = await fetch("/explain", { method: "POST", headers: { "Content-Type": "application/json" },
     body: JSON.stringify({ text: lastQuery, id: hit.id }) });

@@ -1,0 +1,298 @@
+"""On-disk storage of an index folder: manifest, shards, the writer lock, garbage collection, and
+`IndexReader`, the searcher's in-memory view. Layout and write protocol: see `tbps.retrieval.index`.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as st_save
+
+from ..utils import atomic_write_bytes
+from . import faiss_index as fx
+
+FORMAT = "tbps-index"
+VERSION = 1
+MANIFEST = "manifest.json"
+BUILD_DIR = ".build"
+
+
+class IndexFolderError(ValueError):
+    """A problem with an index folder (missing, corrupt, busy); the message names the file."""
+
+
+@contextlib.contextmanager
+def index_lock(index_dir: Path):
+    """Exclusive writer lock on the index folder (fails at once if another writer holds it)."""
+    index_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(index_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise IndexFolderError(f"index {index_dir} is being modified by another process "
+                              f"(lock {index_dir / '.lock'} is held); try again when it has finished") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def read_manifest(index_dir: str | Path) -> dict[str, Any]:
+    index_dir = Path(index_dir)
+    path = index_dir / MANIFEST
+    if not index_dir.is_dir():
+        raise FileNotFoundError(f"no index folder at {index_dir}")
+    if not path.is_file():
+        hint = " (a build was interrupted: run `tbps index build` again to resume it)" \
+            if (index_dir / BUILD_DIR / "plan.json").is_file() else ""
+        raise FileNotFoundError(f"{index_dir} is not a tbps index: {path} is missing{hint}")
+    try:
+        m = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise IndexFolderError(f"{path} is not valid JSON: {err}") from err
+    if m.get("format") != FORMAT:
+        raise IndexFolderError(f"{path} is not a tbps index manifest (format {m.get('format')!r})")
+    if int(m.get("version", 0)) > VERSION:
+        raise IndexFolderError(f"{path} has index format version {m['version']}; this tbps reads up to {VERSION}")
+    return m
+
+
+def shard_name(gen: int, j: int) -> str:
+    return f"shards/g{gen:06d}-{j:05d}.safetensors"
+
+
+def write_shard(index_dir: Path, name: str, tensors: dict[str, torch.Tensor], items: list[dict[str, Any]]) -> dict:
+    path = index_dir / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = st_save({k: v.contiguous() for k, v in tensors.items()}, metadata={"items": json.dumps(items)})
+    atomic_write_bytes(path, data)
+    ids = tensors["ids"]
+    return {"file": name, "count": int(len(ids)), "first_id": int(ids[0]) if len(ids) else None,
+            "last_id": int(ids[-1]) if len(ids) else None, "bytes": len(data)}
+
+
+def read_shard(index_dir: Path, shard: dict[str, Any], keys: Iterable[str] | None = None
+               ) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """-> (tensors, items) of one shard; `keys` limits the tensors read ("ids" always)."""
+    path = index_dir / shard["file"]
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            names = list(f.keys()) if keys is None else ["ids", *[k for k in keys if k in f.keys() and k != "ids"]]
+            tensors = {k: f.get_tensor(k) for k in names}
+            items = json.loads((f.metadata() or {}).get("items", "[]"))
+    except FileNotFoundError:
+        raise IndexFolderError(f"index file {path} named in {index_dir / MANIFEST} is missing") from None
+    except Exception as err:  # noqa: BLE001 - safetensors raises several types for corrupt files
+        raise IndexFolderError(f"cannot read index shard {path}: {err}") from err
+    if len(items) != len(tensors["ids"]):
+        raise IndexFolderError(f"index shard {path} is inconsistent: {len(items)} items, {len(tensors['ids'])} rows")
+    return tensors, items
+
+
+def collect_garbage(index_dir: Path, manifest: dict[str, Any] | None) -> None:
+    """Delete shard / faiss files the manifest does not name (leftovers of replaced or killed writes)."""
+    keep = set()
+    if manifest:
+        keep = {s["file"] for s in manifest["shards"]} | {manifest["faiss"]["file"]}
+    for f in [*index_dir.glob("shards/*.safetensors"), *index_dir.glob("faiss-*.index"),
+              *index_dir.glob("shards/.*.tmp"), *index_dir.glob(".*.tmp")]:
+        rel = f.relative_to(index_dir).as_posix()
+        if rel not in keep:
+            with contextlib.suppress(FileNotFoundError):
+                f.unlink()
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+class ShardWriter:
+    """Accumulate rows and write shards of at most `rows` rows under generation `gen`."""
+
+    def __init__(self, index_dir: Path, gen: int, rows: int, keep_emb: bool = True) -> None:
+        self.index_dir, self.gen, self.rows = index_dir, gen, max(1, int(rows))
+        self.parts: list[dict[str, torch.Tensor]] = []
+        self.items: list[dict[str, Any]] = []
+        self.pending = 0
+        self.shards: list[dict[str, Any]] = []
+        self.emb: list[np.ndarray] = []
+        self.ids: list[np.ndarray] = []
+        self.keep_emb = keep_emb
+        self.next_j = 0
+
+    def add(self, tensors: dict[str, torch.Tensor], items: list[dict[str, Any]]) -> None:
+        n = len(items)
+        start = 0
+        while start < n:
+            take = min(n - start, self.rows - self.pending)
+            self.parts.append({k: v[start:start + take] for k, v in tensors.items()})
+            self.items.extend(items[start:start + take])
+            self.pending += take
+            start += take
+            if self.pending >= self.rows:
+                self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        tensors = {k: torch.cat([p[k] for p in self.parts]) for k in self.parts[0]}
+        self.shards.append(write_shard(self.index_dir, shard_name(self.gen, self.next_j), tensors, self.items))
+        self.next_j += 1
+        if self.keep_emb:
+            self.emb.append(tensors["emb"].float().numpy())
+            self.ids.append(tensors["ids"].numpy())
+        self.parts, self.items, self.pending = [], [], 0
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self.emb:
+            return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
+        return np.concatenate(self.emb), np.concatenate(self.ids)
+
+
+def features_meta(tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    return {k: {"dtype": str(v.dtype).replace("torch.", ""), "shape": list(v.shape[1:])}
+            for k, v in tensors.items() if k != "ids"}
+
+
+def all_items(out: Path, manifest: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
+    """(shard number, item) for every item, in id order."""
+    rows = []
+    for j, shard in enumerate(manifest["shards"]):
+        with safe_open(str(out / shard["file"]), framework="pt") as f:
+            rows.extend((j, it) for it in json.loads((f.metadata() or {}).get("items", "[]")))
+    return rows
+
+
+def summary(out: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    f = manifest["faiss"]
+    return {"index": str(out), "images": manifest["count"], "method": manifest["model"]["method"],
+            "capabilities": manifest["model"].get("capabilities"),
+            "model": manifest["model"]["checkpoint"], "gallery": manifest["gallery_root"],
+            "faiss": {k: f.get(k) for k in ("kind", "nlist", "nprobe", "efSearch", "recall_at_10", "threshold")
+                      if f.get(k) is not None},
+            "skipped": manifest.get("skipped", []), "generation": manifest["generation"]}
+
+
+# ----------------------------------------------------------------------------- reading for search
+
+class IndexReader:
+    """An index loaded for searching: ids, file metadata, the per-image feature vectors ("emb" and
+    any other [D] feature) in memory, the FAISS index, and memory-mapped access to larger stored
+    features (e.g. patch tokens), read only for the candidates that need them."""
+
+    def __init__(self, index_dir: str | Path) -> None:
+        self.dir = Path(index_dir)
+        self.manifest = read_manifest(self.dir)
+        features = self.manifest.get("features", {})
+        self.vector_names = ["emb", *sorted(k for k, v in features.items() if k != "emb" and len(v["shape"]) == 1)]
+        ids, items = [], []
+        parts: dict[str, list[torch.Tensor]] = {k: [] for k in self.vector_names}
+        self._shard_rows: list[tuple[int, int, str]] = []  # (first row, end row, file)
+        row = 0
+        for shard in self.manifest["shards"]:
+            t, its = read_shard(self.dir, shard, keys=self.vector_names)
+            ids.append(t["ids"].numpy())
+            for k in self.vector_names:
+                if k in t:
+                    parts[k].append(t[k].float())
+            items.extend(its)
+            self._shard_rows.append((row, row + len(its), str(self.dir / shard["file"])))
+            row += len(its)
+        dim = int(self.manifest["dim"])
+        self.ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+        self.vectors = {k: torch.cat(v) for k, v in parts.items() if v}
+        if "emb" not in self.vectors:
+            self.vectors["emb"] = torch.zeros((0, dim))
+        self.items = items
+        if len(self.ids) > 1 and not (np.diff(self.ids) > 0).all():
+            order = np.argsort(self.ids, kind="stable")  # shards are written in id order; be safe anyway
+            self.ids = self.ids[order]
+            self.items = [items[i] for i in order]
+            self.vectors = {k: v[torch.from_numpy(order)] for k, v in self.vectors.items()}
+            self._shard_rows = []  # stored features then need the slow path
+            self._order = order
+        else:
+            self._order = None
+        self.stored = set(features) | set(self.vectors)
+        finfo = self.manifest["faiss"]
+        path = self.dir / finfo["file"]
+        if not path.is_file():
+            raise FileNotFoundError(f"faiss index {path} named in {self.dir / 'manifest.json'} is missing")
+        self.faiss = fx.from_bytes(path.read_bytes(), finfo)
+        if self.faiss.ntotal != len(self.ids):
+            raise ValueError(f"index {self.dir} is inconsistent: faiss holds {self.faiss.ntotal} vectors, "
+                             f"the shards {len(self.ids)}")
+        self._handles: dict[str, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        rows = np.searchsorted(self.ids, ids)
+        rows = np.clip(rows, 0, max(0, len(self.ids) - 1))
+        if len(ids) and not (self.ids[rows] == ids).all():
+            raise KeyError(f"ids {ids[self.ids[rows] != ids][:5].tolist()} are not in the index")
+        return rows
+
+    def item(self, id_: int) -> dict[str, Any] | None:
+        if not len(self.ids):
+            return None
+        r = int(np.searchsorted(self.ids, id_))
+        return self.items[r] if r < len(self.ids) and int(self.ids[r]) == int(id_) else None
+
+    def features(self, rows: np.ndarray) -> "CandidateFeatures":
+        """The stored features of the given rows, each read on first access."""
+        return CandidateFeatures(self, rows)
+
+    def read_rows(self, name: str, rows: np.ndarray) -> torch.Tensor:
+        """Stored feature `name` of the given rows: from memory, or from the memory-mapped shards."""
+        if name in self.vectors:
+            return self.vectors[name][torch.from_numpy(np.asarray(rows, dtype=np.int64))]
+        if name not in self.stored:
+            raise KeyError(f"the index {self.dir} stores no {name!r} features (it holds {sorted(self.stored)})")
+        out = []
+        for r in rows.tolist():
+            if self._order is not None:  # unusual layout: locate the row's shard by id
+                r = int(self._order[r])
+            for lo, hi, path in self._shard_rows or self._rows_by_shard():
+                if lo <= r < hi:
+                    f = self._handles.get(path)
+                    if f is None:
+                        f = self._handles[path] = safe_open(path, framework="pt")
+                    out.append(f.get_slice(name)[r - lo:r - lo + 1])
+                    break
+        return torch.cat(out)
+
+    def _rows_by_shard(self) -> list[tuple[int, int, str]]:
+        rows, row = [], 0
+        for shard in self.manifest["shards"]:
+            rows.append((row, row + int(shard["count"]), str(self.dir / shard["file"])))
+            row += int(shard["count"])
+        return rows
+
+
+class CandidateFeatures(Mapping):
+    """What the index stored for a query's candidates, by feature name, read lazily and kept."""
+
+    def __init__(self, reader: IndexReader, rows: np.ndarray) -> None:
+        self.reader, self.rows = reader, rows
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._cache:
+            self._cache[name] = self.reader.read_rows(name, self.rows)
+        return self._cache[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self.reader.stored))
+
+    def __len__(self) -> int:
+        return len(self.reader.stored)
