@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from search_fixtures import (cada_index, cada_run, cada_searcher, clip_ft_index, clip_ft_run,  # noqa: F401
-                             clip_ft_searcher, gallery, irra_index, irra_run, irra_searcher, stored_features,
+from search_fixtures import (_index_once, backend, cada_index, cada_run, cada_searcher,  # noqa: F401
+                             clip_ft_index, clip_ft_run, clip_ft_searcher, gallery, irra_index, irra_run, irra_searcher, stored_features,
                              tiny_benchmark, uca_index, uca_run, uca_searcher)
 from tbps.cli import main
 from tbps.data.loader import ImageList
@@ -35,14 +35,22 @@ def _copy_index(src: Path, dst: Path) -> Path:
 
 # ----------------------------------------------------------------------------- build
 
-def test_build_indexes_every_readable_image_and_lists_the_rest(cada_index, cada_run, gallery):
+def test_build_indexes_every_readable_image_and_lists_the_rest(cada_index, cada_run, gallery, backend):
     m = read_manifest(cada_index)
     readable = sorted(gallery["captions"])
     assert m["count"] == len(readable) and m["model"]["method"] == "cada"
     assert sorted(s["path"] for s in m["skipped"]) == gallery["unreadable"]
     assert all(s["path"] in s["error"] for s in m["skipped"])  # the reason names the file
     assert {"emb", "tokens"} <= set(m["features"])  # cada stores what re-ranking reads
-    assert m["faiss"]["kind"] == "flat" and m["faiss"]["recall_at_10"] == 1.0
+    if backend == "faiss":
+        assert m["faiss"]["kind"] == "flat" and m["faiss"]["recall_at_10"] == 1.0
+    else:  # Milvus Lite in the folder, by name; per-image extras small enough for a field are fields
+        assert "faiss" not in m and m["backend"] == "milvus"
+        mv = m["milvus"]
+        tokens = int(np.prod(m["features"]["tokens"]["shape"]))  # (1+P) x W of the tiny model: fits
+        assert (mv["uri"], mv["lite"], mv["collection"], mv["extras"]) == ("milvus.db", True, "tbps_index",
+                                                                          {"tokens": tokens})
+        assert mv["count"] == m["count"] and mv["index"]["index_type"] == "FLAT" and mv["dim"] == m["dim"]
     assert not (cada_index / ".build").exists()
     assert len(m["model"]["weights_sha256"]) == 64 and m["model"]["checkpoint"].endswith("best")
 
@@ -177,7 +185,17 @@ def test_searcher_is_the_package_level_api_and_validates_input(cada_index, cada_
 
 # ----------------------------------------------------------------------------- add / remove / identity
 
-def test_add_and_remove_keep_ids_stable_and_writes_atomic(tmp_path, cada_index, gallery, monkeypatch):
+def _milvus_ids(index: Path) -> list[int]:
+    from tbps.retrieval.vectors import open_vectors
+
+    v = open_vectors(index, read_manifest(index))
+    try:
+        return v.store.ids().tolist()
+    finally:
+        v.close()
+
+
+def test_add_and_remove_keep_ids_stable_and_writes_atomic(tmp_path, cada_index, gallery, monkeypatch, backend):
     index = _copy_index(cada_index, tmp_path / "index")
     before = read_manifest(index)
     src = sorted(gallery["captions"])[0]
@@ -221,15 +239,20 @@ def test_add_and_remove_keep_ids_stable_and_writes_atomic(tmp_path, cada_index, 
     r = remove_from_index(index, [extra, tmp_path / "never-indexed.png"])
     assert (r["removed"], r["images"]) == (2, before["count"]) and r["not_found"] == [str(tmp_path / "never-indexed.png")]
     m = read_manifest(index)
-    named = {sh["file"] for sh in m["shards"]} | {m["faiss"]["file"]}
+    named = {sh["file"] for sh in m["shards"]} | ({m["faiss"]["file"]} if backend == "faiss" else set())
     on_disk = {p.relative_to(index).as_posix() for p in index.rglob("*") if p.is_file() and p.name != ".lock"}
+    on_disk = {f for f in on_disk if not f.startswith("milvus.db")}  # Milvus Lite's own folder
     assert on_disk == named | {"manifest.json"}  # orphans of the failed write were collected
+    if backend == "milvus":  # the collection holds exactly the manifest's rows: nothing orphaned
+        assert _milvus_ids(index) == stored_features(index)[0] and m["milvus"]["count"] == m["count"]
 
     victim = tmp_path / "victim.png"
     shutil.copy(src, victim)
     add_to_index(index, [victim], **QUIET)
     victim.unlink()
     assert remove_from_index(index, missing=True)["removed"] == 1
+    if backend == "milvus":
+        assert _milvus_ids(index) == stored_features(index)[0]
 
 
 def test_a_different_model_is_refused_with_a_clear_message(tmp_path, cada_index, cada_run, uca_run):
@@ -255,6 +278,54 @@ def test_a_different_model_is_refused_with_a_clear_message(tmp_path, cada_index,
     # an exact copy in a new place is the same model
     shutil.copytree(cada_run, tmp_path / "run-same")
     assert len(Searcher(index, model=tmp_path / "run-same")) == read_manifest(index)["count"]
+
+
+# ----------------------------------------------------------------------------- backends, multi-process build
+
+def test_milvus_index_returns_the_faiss_top10_and_keeps_no_secret(tmp_path, tmp_path_factory, gallery, cada_run,
+                                                                  capsys, monkeypatch):
+    """The same gallery and model behind FAISS and behind Milvus Lite (built by the CLI, with a token
+    in the environment that must not reach the folder) give the same top-10."""
+    faiss_dir = _index_once("cada-index", tmp_path_factory, gallery["dir"], cada_run, 8, "faiss")
+    out = tmp_path / "milvus-index"
+    monkeypatch.setenv("TBPS_MILVUS_TOKEN", "root:s3cret-token")
+    assert main(["index", "build", str(gallery["dir"]), "--model", str(cada_run), "--out", str(out), "--quiet",
+                 "--backend", "milvus", "--collection", "city_cams"]) == 0
+    capsys.readouterr()
+    text = (out / "manifest.json").read_text()
+    assert "s3cret" not in text and json.loads(text)["milvus"]["collection"] == "city_cams"
+    assert main(["index", "info", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["backend"] == "milvus" and info["milvus"]["uri"] == "milvus.db"
+    a, b = Searcher(faiss_dir), Searcher(out)
+    for cap in _captions(gallery, 5):
+        ha, hb = a.search(cap, k=10), b.search(cap, k=10)
+        assert [h.id for h in ha] == [h.id for h in hb] and [h.path for h in ha] == [h.path for h in hb]
+        assert [h.score for h in ha] == pytest.approx([h.score for h in hb], abs=1e-5)
+    assert b.info()["backend"] == "milvus"
+    with pytest.raises(ValueError, match="need --backend milvus"):
+        main(["index", "build", str(gallery["dir"]), "--model", str(cada_run), "--out", str(tmp_path / "x"),
+              "--milvus-uri", "http://localhost:19530"])
+
+
+def test_two_process_build_equals_one_process(tmp_path, tmp_path_factory, gallery, cada_run):
+    """`tbps index build --nproc 2` (torchrun, 2 gloo processes on the CPU, each encoding every
+    other batch) writes the same rows as one process."""
+    one = _index_once("cada-index", tmp_path_factory, gallery["dir"], cada_run, 8, "faiss")
+    out = tmp_path / "two"
+    assert main(["index", "build", str(gallery["dir"]), "--model", str(cada_run), "--out", str(out),
+                 "--batch-size", "8", "--nproc", "2", "--quiet"]) == 0
+    m1, m2 = read_manifest(one), read_manifest(out)
+    assert m2["history"][-1]["processes"] == 2 and m2["count"] == m1["count"]
+    assert sorted(s["path"] for s in m2["skipped"]) == sorted(s["path"] for s in m1["skipped"])
+    ids1, items1, f1 = stored_features(one)
+    ids2, items2, f2 = stored_features(out)
+    assert ids1 == ids2 and [it["path"] for it in items1] == [it["path"] for it in items2]
+    assert set(f1) == set(f2)
+    for k in f1:
+        assert torch.allclose(f1[k].float(), f2[k].float(), atol=1e-4), k
+    cap = _captions(gallery, 1)[0]
+    assert [h.id for h in Searcher(out).search(cap, k=10)] == [h.id for h in Searcher(one).search(cap, k=10)]
 
 
 # ----------------------------------------------------------------------------- faiss

@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import save as st_save
 
 from ..utils import atomic_write_bytes
-from . import faiss_index as fx
+from .vectors import FaissVectors, open_vectors
 
 FORMAT = "tbps-index"
 VERSION = 1
@@ -101,7 +101,7 @@ def collect_garbage(index_dir: Path, manifest: dict[str, Any] | None) -> None:
     """Delete shard / faiss files the manifest does not name (leftovers of replaced or killed writes)."""
     keep = set()
     if manifest:
-        keep = {s["file"] for s in manifest["shards"]} | {manifest["faiss"]["file"]}
+        keep = {s["file"] for s in manifest["shards"]} | ({manifest["faiss"]["file"]} if "faiss" in manifest else set())
     for f in [*index_dir.glob("shards/*.safetensors"), *index_dir.glob("faiss-*.index"),
               *index_dir.glob("shards/.*.tmp"), *index_dir.glob(".*.tmp")]:
         rel = f.relative_to(index_dir).as_posix()
@@ -172,13 +172,19 @@ def all_items(out: Path, manifest: dict[str, Any]) -> list[tuple[int, dict[str, 
 
 
 def summary(out: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    f = manifest["faiss"]
-    return {"index": str(out), "images": manifest["count"], "method": manifest["model"]["method"],
+    backend = manifest.get("backend", "faiss")
+    out_ = {"index": str(out), "images": manifest["count"], "method": manifest["model"]["method"],
             "capabilities": manifest["model"].get("capabilities"),
-            "model": manifest["model"]["checkpoint"], "gallery": manifest["gallery_root"],
-            "faiss": {k: f.get(k) for k in ("kind", "nlist", "nprobe", "efSearch", "recall_at_10", "threshold")
-                      if f.get(k) is not None},
+            "model": manifest["model"]["checkpoint"], "gallery": manifest["gallery_root"], "backend": backend,
             "skipped": manifest.get("skipped", []), "generation": manifest["generation"]}
+    if backend == "milvus":
+        m = manifest["milvus"]
+        out_["milvus"] = {k: m.get(k) for k in ("uri", "lite", "collection", "index", "extras", "count")}
+    else:
+        f = manifest["faiss"]
+        out_["faiss"] = {k: f.get(k) for k in ("kind", "nlist", "nprobe", "efSearch", "pca_dim", "recall_at_10",
+                                               "recall_source", "threshold") if f.get(k) is not None}
+    return out_
 
 
 # ----------------------------------------------------------------------------- reading for search
@@ -188,7 +194,8 @@ class IndexReader:
     any other [D] feature) in memory, the FAISS index, and memory-mapped access to larger stored
     features (e.g. patch tokens), read only for the candidates that need them."""
 
-    def __init__(self, index_dir: str | Path) -> None:
+    def __init__(self, index_dir: str | Path, milvus: dict[str, Any] | None = None) -> None:
+        """`milvus`: overrides for a Milvus-backed index (`token`, `uri`)."""
         self.dir = Path(index_dir)
         self.manifest = read_manifest(self.dir)
         features = self.manifest.get("features", {})
@@ -222,15 +229,25 @@ class IndexReader:
         else:
             self._order = None
         self.stored = set(features) | set(self.vectors)
-        finfo = self.manifest["faiss"]
-        path = self.dir / finfo["file"]
-        if not path.is_file():
-            raise FileNotFoundError(f"faiss index {path} named in {self.dir / 'manifest.json'} is missing")
-        self.faiss = fx.from_bytes(path.read_bytes(), finfo)
-        if self.faiss.ntotal != len(self.ids):
-            raise ValueError(f"index {self.dir} is inconsistent: faiss holds {self.faiss.ntotal} vectors, "
+        self.search_index = open_vectors(self.dir, self.manifest, **(milvus or {}))  # FAISS file or Milvus
+        if isinstance(self.search_index, FaissVectors) and self.search_index.ntotal != len(self.ids):
+            raise ValueError(f"index {self.dir} is inconsistent: faiss holds {self.search_index.ntotal} vectors, "
                              f"the shards {len(self.ids)}")
         self._handles: dict[str, Any] = {}
+
+    def search(self, queries: np.ndarray, k: int, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids) of the top `k` by inner product; ids the manifest does not hold (rows a
+        killed Milvus write left, deleted by the next write) are dropped, the rest keep their order."""
+        scores, ids = self.search_index.search(queries, k, threads)
+        keep = ids[0] >= 0
+        if len(self.ids):
+            pos = np.clip(np.searchsorted(self.ids, ids[0]), 0, len(self.ids) - 1)
+            keep &= self.ids[pos] == ids[0]
+        return scores[0][keep], ids[0][keep]
+
+    @property
+    def exact(self) -> bool:
+        return self.search_index.exact
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -88,32 +88,31 @@ class MilvusVectors:
     def create(self, dim: int, extras: dict[str, int]) -> None:
         self.store.create(dim, extras, self.target.index_type, self.target.index_params)
 
-    def sync(self, ids: np.ndarray, rows: Callable[[np.ndarray], dict[str, Any]], batch: int = 4096) -> dict[str, int]:
-        """Make the collection hold exactly `ids`: delete the others, upsert the missing ones
-        (`rows(ids)` -> {"emb", "files", extra: ...} for those ids). -> counts."""
+    def sync(self, ids: np.ndarray, rows: Callable[[np.ndarray], dict[str, Any]], fresh: np.ndarray | None = None,
+             batch: int = 4096) -> dict[str, int]:
+        """Make the collection hold exactly `ids`: delete the others, upsert the missing ones and
+        the `fresh` ones (written by this operation; `rows(ids)` -> {"emb", "files", extra: ...}). -> counts."""
         ids = np.sort(np.asarray(ids, dtype=np.int64))
         present = self.store.ids()
         extra = np.setdiff1d(present, ids)
-        missing = np.setdiff1d(ids, present)
+        todo = np.union1d(np.setdiff1d(ids, present), np.intersect1d(
+            np.asarray(fresh if fresh is not None else [], dtype=np.int64), ids))
         if len(extra):
             self.store.delete(extra)
-        for s in range(0, len(missing), batch):
-            part = missing[s:s + batch]
+        for s in range(0, len(todo), batch):
+            part = todo[s:s + batch]
             r = rows(part)  # the manifest holds each file once and `extra` is gone: no by-file lookup
             self.store.upsert(part, r.pop("emb"), r.pop("files"), r, replace_files=False)
         self.store.flush()
-        return {"deleted": int(len(extra)), "upserted": int(len(missing))}
-
-    def replace(self, ids: np.ndarray, rows: Callable[[np.ndarray], dict[str, Any]], batch: int = 4096) -> None:
-        """Upsert `ids` whatever the collection holds (their content changed)."""
-        ids = np.asarray(ids, dtype=np.int64)
-        for s in range(0, len(ids), batch):
-            part = ids[s:s + batch]
-            r = rows(part)
-            self.store.upsert(part, r.pop("emb"), r.pop("files"), r)
+        return {"deleted": int(len(extra)), "upserted": int(len(todo))}
 
     def describe(self) -> dict[str, Any]:
+        """The manifest's "milvus" entry: no secret; a Lite file by its name inside the folder."""
+        from .milvus_store import LITE_FILE
+
         d = self.store.describe()
+        if d["lite"]:
+            d["uri"] = LITE_FILE
         d["tls"] = dict(self.target.tls) if self.target.tls else None
         d["count"] = self.store.count()
         return d
