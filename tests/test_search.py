@@ -408,8 +408,31 @@ def test_index_build_stores_the_measured_recall(tmp_path, cada_run, tiny_benchma
     build_index(tiny_benchmark / "imgs", cada_run, out, kind="ivf", batch_size=80, **QUIET)  # 160 images
     f = read_manifest(out)["faiss"]
     assert f["kind"] == "ivf" and f["nlist"] == 4 and 0.0 < f["recall_at_10"] <= 1.0 and f["nprobe"] >= 1
-    assert f["recall_queries"] == 160 and str(f["nprobe"]) in f["recall_by_nprobe"]
+    assert str(f["nprobe"]) in f["recall_by_nprobe"]
+    # recall measured on the model's own text embeddings of the run's validation captions, kept for later writes
+    from safetensors.numpy import load_file
+
+    from tbps.retrieval.query_samples import embed_captions, run_captions
+
+    assert f["recall_source"] == "queries" and "captions" in f["recall_note"]
+    saved = load_file(str(out / "recall-queries.safetensors"))["queries"]
+    run = load_run(cada_run, device="cpu")
+    np.testing.assert_allclose(saved, embed_captions(run, run_captions(run)), atol=1e-5)
+    assert f["recall_queries"] == len(saved) == 64  # the tiny benchmark's 64 validation captions
     assert len(Searcher(out).search("a woman", k=5)) == 5
+    from tbps.retrieval.gallery import scan_images
+
+    first = scan_images([tiny_benchmark / "imgs"])[0].path
+    remove_from_index(out, [first], log=lambda *a: None)  # loads no model: re-tunes on the saved queries
+    f = read_manifest(out)["faiss"]
+    assert f["recall_source"] == "queries" and f["recall_queries"] == len(saved)
+    # --recall-captions FILE: the user's own queries
+    caps = tmp_path / "queries.txt"
+    caps.write_text("a woman in a red coat\n\na man with a black backpack\na girl in a yellow dress\n")
+    build_index(tiny_benchmark / "imgs", cada_run, out, kind="ivf", batch_size=80, overwrite=True,
+                recall_captions=caps, **QUIET)
+    f = read_manifest(out)["faiss"]
+    assert f["recall_source"] == "queries" and f["recall_queries"] == 3
 
 
 # ----------------------------------------------------------------------------- CLI
