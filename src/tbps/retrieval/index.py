@@ -9,7 +9,9 @@ Layout of an index folder::
                                    `encode_images` returns: "emb" [n, D], + e.g. "logvar" [n, D] or
                                    "tokens" [n, 1+P, W] float16 for re-ranking; the files'
                                    metadata (path, size, mtime) in the safetensors header
-    faiss-g000003.index            the vector index over "emb", keyed by item id
+    faiss-g000003.index            the vector index over "emb", keyed by item id (backend faiss)
+    milvus.db                      Milvus Lite's data (backend milvus without --milvus-uri; see `vectors`)
+    recall-queries.safetensors     the query-like vectors an approximate index's recall is measured on
     .build/                        only while `build` runs: plan.json + one part file per batch
     .lock                          held by a writer (build, add, remove)
 
@@ -98,13 +100,15 @@ def build_index(gallery: str | Path, model: Any, out: str | Path, *, batch_size:
                 recall_target: float = fx.DEFAULT_RECALL_TARGET, shard_rows: int = DEFAULT_SHARD_ROWS,
                 num_workers: int = 0, device: str | None = None, overwrite: bool = False,
                 backend: str = "faiss", milvus: MilvusTarget | None = None,
-                recall_captions: str | Path | None = None, progress: bool = True, log: Any = print) -> dict[str, Any]:
+                recall_captions: str | Path | None = None, progress: bool = True, log: Any = print
+                ) -> dict[str, Any] | None:
     """Encode every image under `gallery` with `model` (a run folder, checkpoint folder or LoadedRun)
     into the index folder `out`; resumes an interrupted build of the same gallery and model.
 
     `backend`: "faiss" (a file in the folder) or "milvus" (`milvus`: where; default Milvus Lite in
     the folder). `recall_captions`: a file of queries (one per line) to measure an approximate
-    index's recall on (default: the run's validation captions)."""
+    index's recall on (default: the run's validation captions). Under torchrun (`--nproc N`) every
+    rank encodes every N-th batch; rank 0 writes the index and returns the summary, the others None."""
     gallery, out = Path(gallery), Path(out)
     if not gallery.is_dir():
         raise FileNotFoundError(f"gallery folder not found: {gallery}")
