@@ -3,9 +3,9 @@ a Milvus server or cluster by URI.
 
 One collection holds one row per gallery image: the item id (primary key), the normalised
 embedding (searched by inner product), the image's file key, and the small per-image extras a
-method scores with (UCA's log-variances: D floats, an ARRAY<FLOAT> field). Everything a searcher
+method scores with (e.g. per-image log-variances `logvar`: D floats, an ARRAY<FLOAT> field). Everything a searcher
 needs for the first stage is therefore in Milvus and reachable from every searcher of a
-deployment. Extras too large for a field (CADA's image token maps, (1+P) x W floats: 148k at
+deployment. Extras too large for a field (image token maps `tokens` for re-ranking, (1+P) x W floats: 148k at
 paper size, over Milvus's 4,096-element ARRAY and 65,535-character VARCHAR limits) are refused
 here and stay in the index folder's safetensors shards, read by id for the top-K re-rank only
 (see README, "Scaling out").

@@ -4,10 +4,10 @@
 * `milvus`: a Milvus collection (`milvus_store`): embedded Milvus Lite, a file `milvus.db` inside
   the index folder, by default; a Milvus server or cluster with `uri=http(s)://HOST:19530`.
 
-Either way the index folder keeps the manifest and the feature shards (ids, paths, `emb`, UCA's
-`logvar`, CADA's `tokens`): the manifest is the single source of truth, the backend a searchable
+Either way the index folder keeps the manifest and the feature shards (ids, paths, `emb` and the
+method's other features, e.g. `logvar`, `tokens`): the manifest is the single source of truth, the backend a searchable
 copy of its vectors. A Milvus collection also holds each image's file key and the small extras
-(`logvar`) as fields; CADA's token maps stay in the shards (too large for a Milvus field) and are
+(`logvar`) as fields; large token maps (`tokens` at paper size) stay in the shards (too large for a Milvus field) and are
 read by id for the top-K re-rank only.
 
 Milvus writes cannot join the manifest's atomic rename, so a writer brings the collection to the
