@@ -68,16 +68,6 @@ def uca_run(tmp_path_factory, tiny_benchmark) -> Path:
     return _once("uca", lambda: _train(tmp_path_factory, "uca_tiny", tiny_benchmark, UCA_RUN))
 
 
-@pytest.fixture(scope="session")
-def irra_run(tmp_path_factory, tiny_benchmark) -> Path:
-    return _once("irra", lambda: _train(tmp_path_factory, "irra_tiny", tiny_benchmark, IRRA_RUN))
-
-
-@pytest.fixture(scope="session")
-def clip_ft_run(tmp_path_factory, tiny_benchmark) -> Path:
-    return _once("clip_ft", lambda: _train(tmp_path_factory, "clip_ft_tiny", tiny_benchmark, CLIP_FT_RUN))
-
-
 def _make_gallery(root: Path, data: Path) -> dict[str, Any]:
     """The test split's images in a nested folder, a few re-encoded as jpg / bmp / webp, plus an
     unreadable png, an empty jpg and a text file; -> paths and the captions of each image."""
@@ -154,28 +144,31 @@ def uca_searcher(uca_index):
     return _once(f"uca_searcher-{uca_index}", lambda: Searcher(uca_index))
 
 
-@pytest.fixture(scope="session")
-def irra_index(tmp_path_factory, gallery, irra_run) -> Path:
-    return _index_once("irra-index", tmp_path_factory, gallery["dir"], irra_run, batch_size=16)
+def _method_fixtures(method: str, overrides: list[str], batch_size: int = 16):
+    """Session fixtures `<method>_run` (`<method>_tiny` trained with `overrides`), `<method>_index`
+    and `<method>_searcher`."""
+
+    @pytest.fixture(scope="session", name=f"{method}_run")
+    def run(tmp_path_factory, tiny_benchmark) -> Path:
+        return _once(method, lambda: _train(tmp_path_factory, f"{method}_tiny", tiny_benchmark, overrides))
+
+    @pytest.fixture(scope="session", name=f"{method}_index")
+    def index(tmp_path_factory, gallery, request) -> Path:
+        run = request.getfixturevalue(f"{method}_run")
+        return _index_once(f"{method}-index", tmp_path_factory, gallery["dir"], run, batch_size)
+
+    @pytest.fixture(scope="session", name=f"{method}_searcher")
+    def searcher(request):
+        from tbps.retrieval.searcher import Searcher
+
+        index_dir = request.getfixturevalue(f"{method}_index")
+        return _once(f"{method}_searcher", lambda: Searcher(index_dir))
+
+    return run, index, searcher
 
 
-@pytest.fixture(scope="session")
-def clip_ft_index(tmp_path_factory, gallery, clip_ft_run) -> Path:
-    return _index_once("clip_ft-index", tmp_path_factory, gallery["dir"], clip_ft_run, batch_size=16)
-
-
-@pytest.fixture(scope="session")
-def irra_searcher(irra_index):
-    from tbps.retrieval.searcher import Searcher
-
-    return _once("irra_searcher", lambda: Searcher(irra_index))
-
-
-@pytest.fixture(scope="session")
-def clip_ft_searcher(clip_ft_index):
-    from tbps.retrieval.searcher import Searcher
-
-    return _once("clip_ft_searcher", lambda: Searcher(clip_ft_index))
+irra_run, irra_index, irra_searcher = _method_fixtures("irra", IRRA_RUN)
+clip_ft_run, clip_ft_index, clip_ft_searcher = _method_fixtures("clip_ft", CLIP_FT_RUN)
 
 
 def stored_features(index_dir: Path) -> tuple[list[int], list[dict], dict]:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from tbps.cli import CONFIG_DIR
-from tbps.config import load_config
+from tbps.engine.experiment import load_experiment_config
 from tbps.data.tokenizers import TrainedTokenizer
 from tbps.data.transforms import CLIP_MEAN, build_transform
 from tbps.engine.build import build_transforms
@@ -49,7 +49,7 @@ def _irra(**cfg):
 
 
 def _paper(name: str) -> dict:
-    return load_config(name, [], search_dirs=[CONFIG_DIR])
+    return load_experiment_config(name)
 
 
 def test_paper_optimizer_is_adam_with_the_official_epsilon() -> None:
@@ -110,9 +110,9 @@ def test_parameter_groups_official_and_tbps_rules() -> None:
 
 def test_parameter_group_rules_are_validated() -> None:
     with pytest.raises(ValueError, match=r"param_groups\[0\]"):
-        parameter_settings(_irra(), {"param_groups": [{"pattern": "bias"}]})
+        parameter_settings(_irra(), {"weight_decay": 4e-5, "param_groups": [{"pattern": "bias"}]})
     with pytest.raises(ValueError, match="regular expression"):
-        parameter_settings(_irra(), {"param_groups": [{"match": "(", "lr_mult": 2.0}]})
+        parameter_settings(_irra(), {"weight_decay": 4e-5, "param_groups": [{"match": "(", "lr_mult": 2.0}]})
 
 
 # ----------------------------------------------------------------------------- IRRA / UCA: CLIP position table

@@ -36,7 +36,7 @@ from .evaluator import evaluate
 
 def build_optimizer(method: torch.nn.Module, tcfg: dict[str, Any]) -> torch.optim.Optimizer:
     """Adam/AdamW over parameter groups given by `train.param_groups` (see `parameter_settings`);
-    epsilon `train.eps` (official IRRA: 1e-3, the value its fp16 weights need)."""
+    epsilon `train.eps` (the paper configs set the official code's 1e-3, the value its fp16 weights need)."""
     lr = float(tcfg["lr"])
     groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
     params_by_name = dict(method.named_parameters())
@@ -65,7 +65,7 @@ def parameter_settings(method: torch.nn.Module, tcfg: dict[str, Any]) -> dict[st
     expression searched in the parameter name), an optional `max_ndim` (only parameters with at most
     that many dimensions) and the `lr_mult` and/or `weight_decay` it sets; every parameter starts at
     (1, train.weight_decay) and each rule that applies overrides what it names, later rules winning.
-    The official IRRA rule (solver/build.py) in tbps's names is in irra_cuhk.yaml.
+    The paper configs (e.g. `*_cuhk.yaml`) hold the official code's rule (solver/build.py) in tbps's names.
     """
     wd = float(tcfg["weight_decay"])
     trainable = [(n, p) for n, p in method.named_parameters() if p.requires_grad]
