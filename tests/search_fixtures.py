@@ -100,40 +100,48 @@ def gallery(tmp_path_factory, tiny_benchmark) -> dict[str, Any]:
     return _once("gallery", lambda: _make_gallery(tmp_path_factory.mktemp("search-gallery"), tiny_benchmark))
 
 
-def _index_once(name: str, tmp_path_factory, gallery_dir: Path, run: Path, batch_size: int) -> Path:
-    """Build an index of the gallery with `run` once per session."""
+def _index_once(name: str, tmp_path_factory, gallery_dir: Path, run: Path, batch_size: int,
+                backend: str = "faiss") -> Path:
+    """Build an index of the gallery with `run` once per session (per backend)."""
     from tbps.retrieval.index import build_index
 
     def make() -> Path:
-        out = tmp_path_factory.mktemp(name) / "index"
-        build_index(gallery_dir, run, out, batch_size=batch_size, progress=False, log=lambda *a: None)
+        out = tmp_path_factory.mktemp(f"{name}-{backend}") / "index"
+        build_index(gallery_dir, run, out, batch_size=batch_size, backend=backend, progress=False,
+                    log=lambda *a: None)
         return out
 
-    return _once(name, make)
+    return _once(f"{name}-{backend}", make)
+
+
+@pytest.fixture(scope="session", params=["faiss", "milvus"])
+def backend(request) -> str:
+    """Where the cada / uca indexes' vectors are searched: every test using them runs on both."""
+    return request.param
 
 
 @pytest.fixture(scope="session")
-def cada_index(tmp_path_factory, gallery, cada_run) -> Path:
-    return _index_once("cada-index", tmp_path_factory, gallery["dir"], cada_run, batch_size=8)
+def cada_index(tmp_path_factory, gallery, cada_run, backend) -> Path:
+    return _index_once("cada-index", tmp_path_factory, gallery["dir"], cada_run, batch_size=8, backend=backend)
 
 
 @pytest.fixture(scope="session")
-def uca_index(tmp_path_factory, gallery, uca_run) -> Path:
-    return _index_once("uca-index", tmp_path_factory, gallery["dir"], uca_run, batch_size=16)
+def uca_index(tmp_path_factory, gallery, uca_run, backend) -> Path:
+    return _index_once("uca-index", tmp_path_factory, gallery["dir"], uca_run, batch_size=16, backend=backend)
 
 
 @pytest.fixture(scope="session")
 def cada_searcher(cada_index):
     from tbps.retrieval.searcher import Searcher
 
-    return _once("cada_searcher", lambda: Searcher(cada_index))
+    return _once(f"cada_searcher-{cada_index}", lambda: Searcher(cada_index))
 
 
 @pytest.fixture(scope="session")
 def uca_searcher(uca_index):
     from tbps.retrieval.searcher import Searcher
 
-    return _once("uca_searcher", lambda: Searcher(uca_index))
+    return _once(f"uca_searcher-{uca_index}", lambda: Searcher(uca_index))
 
 
 def _method_fixtures(method: str, overrides: list[str], batch_size: int = 16):

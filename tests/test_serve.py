@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from search_fixtures import (cada_index, cada_run, cada_searcher, gallery, tiny_benchmark,  # noqa: F401
+from search_fixtures import (backend, cada_index, cada_run, cada_searcher, gallery, tiny_benchmark,  # noqa: F401
                              uca_index, uca_run, uca_searcher)
 from tbps.retrieval.serve import create_app
 

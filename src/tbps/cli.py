@@ -38,7 +38,9 @@ def _load_run_config(args: argparse.Namespace) -> dict:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        return _launch_processes(args.nproc, args.argv)
+        from .engine.distributed import launch_processes
+
+        return launch_processes(args.nproc, args.argv)
     from .engine.trainer import train
 
     cfg = _load_run_config(args)
@@ -47,23 +49,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if os.environ.get("RANK", "0") == "0":
         print(json.dumps(summary, indent=2, default=str))
     return 0
-
-
-def _launch_processes(nproc: int, argv: list[str]) -> int:
-    """`tbps train --nproc N ...` = `torchrun --standalone --nproc_per_node N -m tbps train ...`."""
-    import subprocess
-
-    rest, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == "--nproc":
-            skip = True
-        elif not a.startswith("--nproc="):
-            rest.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "tbps", *rest]
-    return subprocess.call(cmd)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ How the loss and the gradient stay equal to a single process with the same globa
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -141,3 +142,20 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def launch_processes(nproc: int, argv: list[str]) -> int:
+    """`tbps train|index build --nproc N ...` = `torchrun --standalone --nproc_per_node N -m tbps ...`."""
+    import subprocess
+
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            rest.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "tbps", *rest]
+    return subprocess.call(cmd)

@@ -26,14 +26,36 @@ def _report_skipped(skipped: list[dict], limit: int = 20) -> None:
         print(f"  ... and {len(skipped) - limit} more (all listed in manifest.json)", file=sys.stderr)
 
 
+def _milvus_target(args: argparse.Namespace):
+    """Where a --backend milvus index lives; the token only from $TBPS_MILVUS_TOKEN (never argv, never stored)."""
+    import os
+
+    from .vectors import TOKEN_ENV, MilvusTarget
+
+    tls = {"secure": True, "server_pem_path": str(Path(args.milvus_ca).resolve())} if args.milvus_ca else None
+    return MilvusTarget(uri=args.milvus_uri, collection=args.collection, token=os.environ.get(TOKEN_ENV) or None,
+                        tls=tls, index_type=args.milvus_index)
+
+
 def _cmd_index_build(args: argparse.Namespace) -> int:
+    import os
+
     from .index import build_index
 
+    if args.backend != "milvus" and (args.milvus_uri or args.collection or args.milvus_ca or args.milvus_index):
+        raise ValueError("--milvus-uri / --collection / --milvus-ca / --milvus-index need --backend milvus")
+    if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from ..engine.distributed import launch_processes
+
+        return launch_processes(args.nproc, args.argv)
     log = (lambda *a: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     result = build_index(args.gallery, args.model, args.out, batch_size=args.batch_size, kind=args.kind,
                          threshold=args.approx_threshold, recall_target=args.recall_target,
                          num_workers=args.workers, device=args.device, overwrite=args.overwrite,
-                         progress=not args.quiet, log=log)
+                         backend=args.backend, milvus=_milvus_target(args) if args.backend == "milvus" else None,
+                         recall_captions=args.recall_captions, progress=not args.quiet, log=log)
+    if result is None:  # a worker rank of a multi-process build: rank 0 reports
+        return 0
     _report_skipped(result["skipped"])
     _print_json({k: v for k, v in result.items() if k != "skipped"} | {"skipped": len(result["skipped"])})
     if not result["images"]:  # image files were there, none could be read
@@ -72,7 +94,10 @@ def _cmd_index_info(args: argparse.Namespace) -> int:
     m = read_manifest(args.index)
     out = summary(Path(args.index), m)
     out["skipped"] = len(out["skipped"])
-    out["faiss"] = m["faiss"]
+    if "faiss" in m:
+        out["faiss"] = m["faiss"]
+    else:
+        out["milvus"] = m["milvus"]
     out["history"] = m.get("history", [])
     _print_json(out)
     return 0
@@ -137,12 +162,28 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--out", required=True, help="index folder to create (a killed build resumes here)")
     b.add_argument("--batch-size", type=positive_int, default=64)
     b.add_argument("--kind", default="auto", choices=fx.KINDS,
-                   help="faiss index: auto (exact below --approx-threshold images, ivf above), flat, ivf, hnsw")
+                   help="faiss index: auto (exact below --approx-threshold images, ivf_pca above), flat, ivf, "
+                        "ivf_pca, hnsw")
     b.add_argument("--approx-threshold", type=positive_int, default=fx.DEFAULT_APPROX_THRESHOLD,
                    help=f"gallery size from which auto uses an approximate index (default {fx.DEFAULT_APPROX_THRESHOLD})")
     b.add_argument("--recall-target", type=float_in_range(0.0, 1.0, low_inclusive=False),
                    default=fx.DEFAULT_RECALL_TARGET,
-                   help="approximate index: widen the search until recall@10 vs exact reaches this (default 0.95)")
+                   help="approximate index: widen the search until recall@10 vs exact reaches this "
+                        f"(default {fx.DEFAULT_RECALL_TARGET})")
+    b.add_argument("--recall-captions", default=None, metavar="FILE",
+                   help="queries (one per line) to measure an approximate index's recall on "
+                        "(default: the run's validation captions)")
+    b.add_argument("--backend", default="faiss", choices=("faiss", "milvus"),
+                   help="faiss: a file in the index folder; milvus: a Milvus collection (Milvus Lite in the "
+                        "folder unless --milvus-uri)")
+    b.add_argument("--milvus-uri", default=None, help="Milvus server / cluster, e.g. https://HOST:19530 "
+                                                      "(token from $TBPS_MILVUS_TOKEN, never stored)")
+    b.add_argument("--collection", default=None, help="Milvus collection (default tbps_<index folder name>)")
+    b.add_argument("--milvus-ca", default=None, metavar="PEM", help="TLS: the server's CA certificate")
+    b.add_argument("--milvus-index", default=None, help="Milvus index type (default FLAT on Milvus Lite, "
+                                                        "AUTOINDEX on a server)")
+    b.add_argument("--nproc", type=positive_int, default=None,
+                   help="encode with N processes (torchrun, gloo on CPU), each a shard of the gallery")
     b.add_argument("--workers", type=non_negative_int, default=0, help="image-decoding worker processes")
     b.add_argument("--device", default=None, help="cpu, cuda, ... (default: the run's)")
     b.add_argument("--overwrite", action="store_true", help="replace an existing index in --out")

@@ -9,7 +9,9 @@ Layout of an index folder::
                                    `encode_images` returns: "emb" [n, D], + e.g. "logvar" [n, D] or
                                    "tokens" [n, 1+P, W] float16 for re-ranking; the files'
                                    metadata (path, size, mtime) in the safetensors header
-    faiss-g000003.index            the vector index over "emb", keyed by item id
+    faiss-g000003.index            the vector index over "emb", keyed by item id (backend faiss)
+    milvus.db                      Milvus Lite's data (backend milvus without --milvus-uri; see `vectors`)
+    recall-queries.safetensors     the query-like vectors an approximate index's recall is measured on
     .build/                        only while `build` runs: plan.json + one part file per batch
     .lock                          held by a writer (build, add, remove)
 
@@ -28,6 +30,7 @@ through, a model with another identity is refused with a message naming both.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -45,6 +48,7 @@ from ..utils import atomic_write_bytes, atomic_write_json
 from . import faiss_index as fx
 from .gallery import IMAGE_EXTENSIONS, FileRecord, image_batches, scan_images
 from .identity import ModelMismatchError, check_same_model, model_identity
+from .vectors import BACKENDS, MilvusTarget, MilvusVectors, backend_of, milvus_extras
 from .storage import (BUILD_DIR, FORMAT, MANIFEST, VERSION, IndexFolderError, ShardWriter, all_items,  # noqa: F401
                       collect_garbage, features_meta, index_lock, now, read_faiss, read_manifest, read_shard, summary,
                       write_shard)
@@ -52,6 +56,7 @@ from .storage import (BUILD_DIR, FORMAT, MANIFEST, VERSION, IndexFolderError, Sh
 DEFAULT_BATCH = 64
 DEFAULT_SHARD_ROWS = 4096
 MAX_HISTORY = 100  # entries of the manifest's "history" (build / add / remove) kept
+RECALL_QUERIES_FILE = "recall-queries.safetensors"  # query-like vectors the recall estimate is measured on
 
 
 # ----------------------------------------------------------------------------- encoding
@@ -94,71 +99,139 @@ def build_index(gallery: str | Path, model: Any, out: str | Path, *, batch_size:
                 kind: str = "auto", threshold: int = fx.DEFAULT_APPROX_THRESHOLD,
                 recall_target: float = fx.DEFAULT_RECALL_TARGET, shard_rows: int = DEFAULT_SHARD_ROWS,
                 num_workers: int = 0, device: str | None = None, overwrite: bool = False,
-                progress: bool = True, log: Any = print) -> dict[str, Any]:
+                backend: str = "faiss", milvus: MilvusTarget | None = None,
+                recall_captions: str | Path | None = None, progress: bool = True, log: Any = print
+                ) -> dict[str, Any] | None:
     """Encode every image under `gallery` with `model` (a run folder, checkpoint folder or LoadedRun)
-    into the index folder `out`; resumes an interrupted build of the same gallery and model."""
+    into the index folder `out`; resumes an interrupted build of the same gallery and model.
+
+    `backend`: "faiss" (a file in the folder) or "milvus" (`milvus`: where; default Milvus Lite in
+    the folder). `recall_captions`: a file of queries (one per line) to measure an approximate
+    index's recall on (default: the run's validation captions). Under torchrun (`--nproc N`) every
+    rank encodes every N-th batch; rank 0 writes the index and returns the summary, the others None."""
     gallery, out = Path(gallery), Path(out)
     if not gallery.is_dir():
         raise FileNotFoundError(f"gallery folder not found: {gallery}")
     fx.choose_kind(0, kind, threshold)  # validate early
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r}: use one of {', '.join(BACKENDS)}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not scan_images([gallery]):  # an empty index is surely a wrong folder: refuse before writing
         raise ValueError(f"no images to index in {gallery}: no {', '.join(IMAGE_EXTENSIONS)} files under it "
                          "(hidden files and folders are ignored)")
+    from ..engine.distributed import all_true, broadcast_object, cleanup_distributed, init_distributed
+
+    dist = init_distributed(backend="gloo")  # under torchrun / --nproc: N ranks (one process: a no-op)
+    rank, world = dist.rank, dist.world_size
     run = _load(model, device)
     out.mkdir(parents=True, exist_ok=True)
-    with index_lock(out):
-        old = read_manifest(out) if (out / MANIFEST).is_file() else None
-        identity = model_identity(run, old["model"] if old else None)
-        if old is not None and not overwrite:
-            check_same_model(out, old["model"], identity)
-            raise FileExistsError(f"{out} already holds an index of {old['count']} images of {old['gallery_root']}; "
-                                  "use `tbps index add` / `tbps index remove` to change it, or --overwrite to rebuild")
-        records = scan_images([gallery])
-        plan = _resume_or_plan(out, gallery, records, identity, batch_size, overwrite, log)
-        batch_size = int(plan["batch_size"])
-        n_batches = -(-len(records) // batch_size)
-        parts = out / BUILD_DIR
-        done = {b for b in range(n_batches) if (parts / f"part-{b:06d}.safetensors").is_file()}
-        if done:
-            log(f"resuming: {len(done)} of {n_batches} batches already encoded in {parts}")
-        t0 = time.perf_counter()
-        todo = [b for b in range(n_batches) if b not in done]
-        bar = tqdm(total=len(records), initial=sum(min(batch_size, len(records) - b * batch_size) for b in done),
-                   desc="indexing", unit="img", disable=not progress, dynamic_ncols=True)
-        encoded = 0
-        try:
-            # only the last batch can be short, so one loader over the missing batches' files keeps
-            # their boundaries (resuming leaves a prefix done; any missing batch is redone)
-            todo_records = [(b, p) for b in todo for p in range(b * batch_size, min(len(records), (b + 1) * batch_size))]
-            loader = image_batches([records[p] for _, p in todo_records], run.test_transform(), batch_size, num_workers)
-            start = 0
-            for batch in loader:
-                chunk = todo_records[start:start + len(batch)]
-                start += len(batch)
-                b = chunk[0][0]
-                batch = [(p, t, e) for (_, p), (_, t, e) in zip(chunk, batch)]
-                feats, pos, skipped = _encode_batch(run, batch, records)
-                if not pos:
-                    feats = _empty_like_features(run)
-                tensors = {**feats, "pos": torch.tensor(pos, dtype=torch.int64)}
-                atomic_write_bytes(parts / f"part-{b:06d}.safetensors",
-                                   st_save({k: v.contiguous() for k, v in tensors.items()},
-                                           metadata={"skipped": json.dumps(skipped)}))
-                encoded += len(batch)
-                bar.update(len(batch))
-        finally:
-            bar.close()
-        encode_s = time.perf_counter() - t0
-        manifest = _finalise_build(out, gallery, records, identity, plan, n_batches, old, kind, threshold,
-                                   recall_target, shard_rows)
-        manifest["history"][-1].update(encode_seconds=round(encode_s, 3),
-                                       images_per_second=round(encoded / encode_s, 2) if encode_s > 0 else None)
-        atomic_write_json(out / MANIFEST, manifest)
-        shutil.rmtree(parts, ignore_errors=True)
-        collect_garbage(out, manifest)
+    try:
+        with index_lock(out) if rank == 0 else contextlib.nullcontext():
+            prepared, error = None, None
+            if rank == 0:
+                try:
+                    prepared = _prepare_build(out, gallery, run, batch_size, overwrite, log)
+                except Exception as e:  # every rank stops with rank 0's message
+                    error = e
+            if world > 1:
+                shared = broadcast_object(None if rank else (prepared[3] if prepared else None, repr(error)))
+                if error is not None:
+                    raise error
+                if shared[0] is None:
+                    raise RuntimeError(f"index build: rank 0 failed: {shared[1]}")
+                plan = shared[0]
+                records = [FileRecord(f["path"], int(f["size"]), int(f["mtime_ns"])) for f in plan["files"]]
+                old = identity = None
+            elif error is not None:
+                raise error
+            if rank == 0:
+                old, identity, records, plan = prepared
+            t0 = time.perf_counter()
+            ok, encoded = False, 0
+            try:
+                encoded = _encode_parts(out, run, records, plan, num_workers, rank, world,
+                                        progress and rank == 0, log if rank == 0 else (lambda *a: None))
+                ok = True
+            finally:
+                ok = all_true(ok)  # a rank that failed stops the others at this point, not at a hang
+            if not ok:
+                raise RuntimeError("index build: a process failed while encoding (see its error); run the same "
+                                   "command again to resume")
+            encode_s = time.perf_counter() - t0
+            if rank != 0:
+                return None
+            batch_size = int(plan["batch_size"])
+            n_batches = -(-len(records) // batch_size)
+            manifest = _finalise_build(out, gallery, records, identity, plan, n_batches, old, kind, threshold,
+                                       recall_target, shard_rows, run, backend, milvus or MilvusTarget(),
+                                       recall_captions, log)
+            manifest["history"][-1].update(encode_seconds=round(encode_s, 3), processes=world,
+                                           images_per_second=round(encoded * world / encode_s, 2)
+                                           if encode_s > 0 else None)
+            atomic_write_json(out / MANIFEST, manifest)
+            shutil.rmtree(out / BUILD_DIR, ignore_errors=True)
+            collect_garbage(out, manifest)
+    finally:
+        cleanup_distributed(dist)
     return summary(out, manifest)
+
+
+def _prepare_build(out: Path, gallery: Path, run: Any, batch_size: int, overwrite: bool, log: Any
+                   ) -> tuple[dict | None, dict[str, Any], list[FileRecord], dict[str, Any]]:
+    """Under the lock: check the folder and the model, scan the gallery, plan or resume. -> (old
+    manifest, model identity, records, plan)."""
+    old = read_manifest(out) if (out / MANIFEST).is_file() else None
+    identity = model_identity(run, old["model"] if old else None)
+    if old is not None and not overwrite:
+        check_same_model(out, old["model"], identity)
+        raise FileExistsError(f"{out} already holds an index of {old['count']} images of {old['gallery_root']}; "
+                              "use `tbps index add` / `tbps index remove` to change it, or --overwrite to rebuild")
+    records = scan_images([gallery])
+    plan = _resume_or_plan(out, gallery, records, identity, batch_size, overwrite, log)
+    return old, identity, records, plan
+
+
+def _encode_parts(out: Path, run: Any, records: list[FileRecord], plan: dict[str, Any], num_workers: int,
+                  rank: int, world: int, progress: bool, log: Any) -> int:
+    """Encode the batches of the plan that are not in `.build/` yet and that fall to this rank
+    (batch b goes to rank b mod world); each batch is written as one part file. -> images encoded."""
+    batch_size = int(plan["batch_size"])
+    n_batches = -(-len(records) // batch_size)
+    parts = out / BUILD_DIR
+    done = {b for b in range(n_batches) if (parts / f"part-{b:06d}.safetensors").is_file()}
+    if done:
+        log(f"resuming: {len(done)} of {n_batches} batches already encoded in {parts}")
+    todo = [b for b in range(n_batches) if b not in done and b % world == rank]
+    mine = [b for b in range(n_batches) if b % world == rank]
+    bar = tqdm(total=sum(min(batch_size, len(records) - b * batch_size) for b in mine),
+               initial=sum(min(batch_size, len(records) - b * batch_size) for b in mine if b in done),
+               desc="indexing" if world == 1 else f"indexing (rank 0 of {world})", unit="img",
+               disable=not progress, dynamic_ncols=True)
+    encoded = 0
+    try:
+        # only the last batch can be short, so one loader over the missing batches' files keeps
+        # their boundaries (resuming leaves a prefix done; any missing batch is redone)
+        todo_records = [(b, p) for b in todo for p in range(b * batch_size, min(len(records), (b + 1) * batch_size))]
+        loader = image_batches([records[p] for _, p in todo_records], run.test_transform(), batch_size, num_workers)
+        start = 0
+        for batch in loader:
+            chunk = todo_records[start:start + len(batch)]
+            start += len(batch)
+            b = chunk[0][0]
+            batch = [(p, t, e) for (_, p), (_, t, e) in zip(chunk, batch)]
+            feats, pos, skipped = _encode_batch(run, batch, records)
+            if not pos:
+                feats = _empty_like_features(run)
+            tensors = {**feats, "pos": torch.tensor(pos, dtype=torch.int64)}
+            atomic_write_bytes(parts / f"part-{b:06d}.safetensors",
+                               st_save({k: v.contiguous() for k, v in tensors.items()},
+                                       metadata={"skipped": json.dumps(skipped)}))
+            encoded += len(batch)
+            bar.update(len(batch))
+    finally:
+        bar.close()
+    return encoded
 
 
 def _resume_or_plan(out: Path, gallery: Path, records: list[FileRecord], identity: dict[str, Any], batch_size: int,
@@ -195,7 +268,8 @@ def _resume_or_plan(out: Path, gallery: Path, records: list[FileRecord], identit
 
 def _finalise_build(out: Path, gallery: Path, records: list[FileRecord], identity: dict[str, Any], plan: dict,
                     n_batches: int, old: dict | None, kind: str, threshold: int, recall_target: float,
-                    shard_rows: int) -> dict[str, Any]:
+                    shard_rows: int, run: Any, backend: str, milvus: MilvusTarget,
+                    recall_captions: str | Path | None, log: Any) -> dict[str, Any]:
     gen = int(old["generation"]) + 1 if old else 1
     writer = ShardWriter(out, gen, shard_rows)
     skipped: list[dict[str, str]] = []
@@ -216,19 +290,91 @@ def _finalise_build(out: Path, gallery: Path, records: list[FileRecord], identit
     dim = int(identity["embed_dim"])
     if emb.size == 0:
         emb = np.zeros((0, dim), np.float32)
-    index, finfo = fx.build(emb, ids, kind, threshold, recall_target)
-    finfo["file"] = f"faiss-g{gen:06d}.index"
-    atomic_write_bytes(out / finfo["file"], fx.to_bytes(index))
-    return {
+    manifest = {
         "format": FORMAT, "version": VERSION, "generation": gen,
         "created": now(), "updated": now(),
         "model": identity, "gallery_root": str(gallery.resolve()),
         "count": int(len(ids)), "next_id": int(next_id), "dim": dim,
-        "features": features, "shards": writer.shards, "faiss": finfo,
+        "features": features, "shards": writer.shards,
         "skipped": skipped,
         "history": [{"op": "build", "time": now(), "indexed": int(len(ids)), "skipped": len(skipped),
                      "batch_size": int(plan["batch_size"])}],
     }
+    if backend == "milvus":
+        manifest.update(_sync_milvus(out, milvus, dim, features, writer.shards, fresh=ids))
+        return manifest
+    queries = None
+    if fx.choose_kind(len(ids), kind, threshold) != "flat":
+        queries = _recall_queries(out, run, recall_captions, log, reuse=False)
+    index, finfo = fx.build(emb, ids, kind, threshold, recall_target, queries=queries)
+    finfo["file"] = f"faiss-g{gen:06d}.index"
+    atomic_write_bytes(out / finfo["file"], fx.to_bytes(index))
+    manifest["faiss"] = finfo
+    return manifest
+
+
+# ----------------------------------------------------------------------------- backends
+
+def _recall_queries(out: Path, run: Any | None, captions: str | Path | None = None, log: Any = print,
+                    reuse: bool = True) -> np.ndarray | None:
+    """Query-like vectors for the recall estimate: saved in the folder by an earlier write (so a
+    `remove`, which loads no model, re-tunes on them too), else the model's text embeddings of
+    captions, saved for next time; None where neither is at hand (noisy gallery points then)."""
+    from safetensors.numpy import load_file, save_file
+
+    from .query_samples import recall_queries_for
+
+    path = out / RECALL_QUERIES_FILE
+    if path.is_file() and captions is None and reuse:
+        return load_file(str(path))["queries"]
+    if run is None:
+        return None
+    path.unlink(missing_ok=True)  # a build starts afresh: none from an older model
+    q, meta = recall_queries_for(run, captions, log=log)
+    if q is not None:
+        tmp = out / f".{RECALL_QUERIES_FILE}.tmp"
+        save_file({"queries": np.ascontiguousarray(q, dtype=np.float32)}, str(tmp),
+                  metadata={k: str(v) for k, v in meta.items()})
+        tmp.replace(path)
+    return q
+
+
+def _shard_rows(out: Path, shards: list[dict[str, Any]], extras: dict[str, int]) -> Any:
+    """rows(ids) -> {"emb", "files", extra...} read from the shards (what a Milvus upsert sends)."""
+    keys = ["emb", *extras]
+    ids, files, parts = [], [], {k: [] for k in keys}
+    for shard in shards:
+        t, items = read_shard(out, shard, keys=keys)
+        ids.append(t["ids"].numpy())
+        files.extend(it["path"] for it in items)
+        for k in keys:
+            parts[k].append(t[k].float().reshape(len(items), -1).numpy())
+    all_ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+    arrays = {k: np.concatenate(v) for k, v in parts.items() if v}
+    order = np.argsort(all_ids)
+
+    def rows(want: np.ndarray) -> dict[str, Any]:
+        r = order[np.searchsorted(all_ids[order], want)]
+        return {"emb": arrays["emb"][r], "files": [files[i] for i in r], **{k: arrays[k][r] for k in extras}}
+
+    return rows
+
+
+def _sync_milvus(out: Path, target: MilvusTarget, dim: int, features: dict[str, Any],
+                 shards: list[dict[str, Any]], fresh: np.ndarray | None) -> dict[str, Any]:
+    """Bring the Milvus collection to the shards' rows (`fresh`: ids whose content is new). ->
+    the manifest's backend entries."""
+    extras = milvus_extras(features)
+    vectors = MilvusVectors(out, target)
+    try:
+        vectors.create(dim, extras)
+        ids = np.concatenate([read_shard(out, s, keys=[])[0]["ids"].numpy() for s in shards]) if shards \
+            else np.zeros(0, np.int64)
+        counts = vectors.sync(ids, _shard_rows(out, shards, extras), fresh=fresh)
+        entry = {**vectors.describe(), "last_sync": counts}
+    finally:
+        vectors.close()
+    return {"backend": "milvus", "milvus": entry}
 
 
 # ----------------------------------------------------------------------------- add / remove
@@ -264,17 +410,30 @@ def _load_emb(out: Path, shards: list[dict[str, Any]]) -> tuple[np.ndarray, np.n
     return np.concatenate(embs), np.concatenate(ids)
 
 
+def _update_vectors(out: Path, manifest: dict[str, Any], shards: list[dict[str, Any]], gen: int,
+                    add_emb: np.ndarray | None, add_ids: np.ndarray | None, drop_ids: set[int],
+                    run: Any | None = None, token: str | None = None) -> dict[str, Any]:
+    """The manifest's backend entries after an add / remove."""
+    if backend_of(manifest) == "milvus":
+        target = MilvusTarget.from_manifest(out, manifest["milvus"], **({"token": token} if token else {}))
+        return _sync_milvus(out, target, int(manifest["dim"]), manifest.get("features", {}), shards, fresh=add_ids)
+    return {"faiss": _update_faiss(out, manifest, shards, gen, add_emb, add_ids, drop_ids, run)}
+
+
 def _update_faiss(out: Path, manifest: dict[str, Any], shards: list[dict[str, Any]], gen: int,
-                  add_emb: np.ndarray | None, add_ids: np.ndarray | None, drop_ids: set[int]) -> dict[str, Any]:
+                  add_emb: np.ndarray | None, add_ids: np.ndarray | None, drop_ids: set[int],
+                  run: Any | None = None) -> dict[str, Any]:
     """In-place add/remove when the kind allows and stays right for the new size, else a rebuild;
-    the recall of an approximate index is measured again either way."""
+    the recall of an approximate index is measured again either way (on the saved query-like
+    vectors when there are some)."""
     info = dict(manifest["faiss"])
     emb, ids = _load_emb(out, shards)
     if emb.size == 0:
         emb = np.zeros((0, int(manifest["dim"])), np.float32)
     wanted = fx.choose_kind(len(ids), info.get("requested", "auto"), info["threshold"])
-    if wanted == "ivf" and len(ids) < 39:
+    if wanted in ("ivf", "ivf_pca") and len(ids) < 39:
         wanted = "flat"
+    queries = _recall_queries(out, run) if wanted != "flat" else None
     index = read_faiss(out, info) if wanted == info["kind"] else None
     if index is not None and drop_ids and not fx.remove(index, info, np.array(sorted(drop_ids))):
         index = None
@@ -282,10 +441,11 @@ def _update_faiss(out: Path, manifest: dict[str, Any], shards: list[dict[str, An
         fx.add(index, info, add_emb, add_ids)
     if index is None:
         index, new = fx.build(emb, ids, info.get("requested", "auto"), info["threshold"],
-                              info.get("recall_target", fx.DEFAULT_RECALL_TARGET))
+                              info.get("recall_target", fx.DEFAULT_RECALL_TARGET), queries=queries)
         info = {**new, "rebuilt": True}
     else:
-        info.update(fx.tune(index, info["kind"], emb, ids, info.get("recall_target", fx.DEFAULT_RECALL_TARGET)))
+        info.update(fx.tune(index, info["kind"], emb, ids, info.get("recall_target", fx.DEFAULT_RECALL_TARGET),
+                            queries=queries))
         info.update(count=int(index.ntotal), bytes=int(len(fx.to_bytes(index))), rebuilt=False)
     if index.ntotal != len(ids):
         raise IndexFolderError(f"faiss index of {out} holds {index.ntotal} vectors, the shards {len(ids)}")
@@ -296,7 +456,7 @@ def _update_faiss(out: Path, manifest: dict[str, Any], shards: list[dict[str, An
 
 def add_to_index(index_dir: str | Path, paths: Sequence[str | Path], *, model: Any = None,
                  batch_size: int = DEFAULT_BATCH, num_workers: int = 0, device: str | None = None,
-                 progress: bool = True, log: Any = print) -> dict[str, Any]:
+                 milvus_token: str | None = None, progress: bool = True, log: Any = print) -> dict[str, Any]:
     """Encode new images (files or folders) into the index; a changed file replaces its old entry.
 
     `model` defaults to the checkpoint recorded in the index; any model must have its identity.
@@ -344,16 +504,16 @@ def add_to_index(index_dir: str | Path, paths: Sequence[str | Path], *, model: A
         kept = _rewrite(out, manifest, drop, gen)
         shards = kept + writer.shards
         add_emb, add_ids = writer.arrays()
-        finfo = _update_faiss(out, manifest, shards, gen, add_emb, add_ids, drop)
-        skipped_paths = {s["path"] for s in skipped}
-        added_paths = {r.path for r in new} - skipped_paths
-        manifest.update(
-            generation=gen, updated=now(), shards=shards, faiss=finfo, next_id=next_id,
-            count=int(sum(s["count"] for s in shards)),
-            skipped=[s for s in manifest.get("skipped", []) if s["path"] not in added_paths] + skipped)
         if not manifest.get("features") and writer.shards:
             t, _ = read_shard(out, writer.shards[0])
             manifest["features"] = features_meta(t)
+        manifest.update(_update_vectors(out, manifest, shards, gen, add_emb, add_ids, drop, run, milvus_token))
+        skipped_paths = {s["path"] for s in skipped}
+        added_paths = {r.path for r in new} - skipped_paths
+        manifest.update(
+            generation=gen, updated=now(), shards=shards, next_id=next_id,
+            count=int(sum(s["count"] for s in shards)),
+            skipped=[s for s in manifest.get("skipped", []) if s["path"] not in added_paths] + skipped)
         manifest["history"] = manifest["history"][-(MAX_HISTORY - 1):]
         manifest["history"].append({"op": "add", "time": now(), "added": len(new) - len(skipped),
                                     "replaced": len(replaced), "unchanged": len(unchanged), "skipped": len(skipped)})
@@ -364,7 +524,7 @@ def add_to_index(index_dir: str | Path, paths: Sequence[str | Path], *, model: A
 
 
 def remove_from_index(index_dir: str | Path, paths: Sequence[str | Path] = (), *, missing: bool = False,
-                      log: Any = print) -> dict[str, Any]:
+                      milvus_token: str | None = None, log: Any = print) -> dict[str, Any]:
     """Remove images by file path, or every image under a folder path; with `missing`, also every
     image whose file no longer exists. Paths that match nothing are returned in `not_found`."""
     out = Path(index_dir)
@@ -394,9 +554,8 @@ def remove_from_index(index_dir: str | Path, paths: Sequence[str | Path] = (), *
         if drop:
             gen = int(manifest["generation"]) + 1
             shards = _rewrite(out, manifest, drop, gen)
-            finfo = _update_faiss(out, manifest, shards, gen, None, None, drop)
-            manifest.update(generation=gen, updated=now(), shards=shards, faiss=finfo,
-                            count=int(sum(s["count"] for s in shards)))
+            manifest.update(_update_vectors(out, manifest, shards, gen, None, None, drop, token=milvus_token))
+            manifest.update(generation=gen, updated=now(), shards=shards, count=int(sum(s["count"] for s in shards)))
             manifest["history"] = manifest["history"][-(MAX_HISTORY - 1):]
             manifest["history"].append({"op": "remove", "time": now(), "removed": len(drop)})
             atomic_write_json(out / MANIFEST, manifest)

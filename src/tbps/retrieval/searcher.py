@@ -23,9 +23,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from . import faiss_index as fx
 from .identity import check_same_model, model_identity
-from .storage import IndexReader
+from .storage import IndexReader, summary
 
 
 @dataclass
@@ -79,12 +78,13 @@ class Searcher:
     """
 
     def __init__(self, index_dir: str | Path, model: str | Path | None = None, device: str | None = None,
-                 search_threads: int = 1) -> None:
+                 search_threads: int = 1, milvus_token: str | None = None) -> None:
         from ..engine.runs import load_run
 
         self.search_threads = int(search_threads)  # faiss threads per query (see faiss_index.search)
         self.index_dir = Path(index_dir)
-        self.reader = IndexReader(self.index_dir)
+        # a Milvus-backed index: the token comes from here or $TBPS_MILVUS_TOKEN, never from the folder
+        self.reader = IndexReader(self.index_dir, {"token": milvus_token} if milvus_token else None)
         recorded = self.reader.manifest["model"]
         target = model or recorded["checkpoint"]
         if model is None and not Path(target).exists():
@@ -111,11 +111,9 @@ class Searcher:
 
     def info(self) -> dict[str, Any]:
         m = self.reader.manifest
-        f = m["faiss"]
+        s = summary(self.index_dir, m)
         return {"method": self.method_name, "images": len(self.reader), "model": m["model"]["checkpoint"],
-                "gallery": m["gallery_root"], "index": {k: f.get(k) for k in ("kind", "recall_at_10", "nprobe",
-                                                                              "efSearch", "nlist", "threshold")
-                                                        if f.get(k) is not None},
+                "gallery": m["gallery_root"], "backend": s["backend"], "index": s.get("faiss", s.get("milvus")),
                 "rerank": self.supports_rerank, "default_rerank": self.default_rerank, "max_rerank": self.max_rerank,
                 "uncertainty": self.supports_uncertainty, "explain": self.supports_explain,
                 "capabilities": self.capabilities.to_dict()}
@@ -162,11 +160,9 @@ class Searcher:
         t1 = time.perf_counter()
         k = min(k, n)
         rr = min(rerank, n)
-        exact = self.reader.manifest["faiss"]["kind"] == "flat"
-        n_cand = min(n, max(k, int(self.method.search_candidates(k, rr, n, exact))))
-        scores, ids = fx.search(self.reader.faiss, tf["emb"].numpy(), n_cand, threads=self.search_threads)
-        keep = ids[0] >= 0
-        cos, ids = scores[0][keep].astype(np.float32), ids[0][keep]
+        n_cand = min(n, max(k, int(self.method.search_candidates(k, rr, n, self.reader.exact))))
+        cos, ids = self.reader.search(tf["emb"].numpy(), n_cand, threads=self.search_threads)
+        cos = cos.astype(np.float32)
         rows = self.reader.rows_of(ids)
         t2 = time.perf_counter()
         with self._lock:  # one ranking at a time on the shared model

@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import save as st_save
 
 from ..utils import atomic_write_bytes
-from . import faiss_index as fx
+from .vectors import FaissVectors, open_vectors
 
 FORMAT = "tbps-index"
 VERSION = 1
@@ -91,8 +91,10 @@ def rebuild_hint(index_dir: Path) -> str:
 _MANIFEST_FIELDS: dict[str, tuple[type, str]] = {
     "version": (int, "an integer"), "generation": (int, "an integer"), "count": (int, "an integer"),
     "next_id": (int, "an integer"), "dim": (int, "an integer"), "gallery_root": (str, "a path"),
-    "model": (dict, "an object"), "shards": (list, "a list"), "faiss": (dict, "an object"),
+    "model": (dict, "an object"), "shards": (list, "a list"),
 }
+# and the entry of its vector backend: "faiss" (the default) or "milvus"
+_BACKEND_FIELDS: dict[str, tuple[str, ...]] = {"faiss": ("file", "kind"), "milvus": ("collection",)}
 
 
 def _manifest_problem(m: dict[str, Any]) -> str | None:
@@ -106,9 +108,14 @@ def _manifest_problem(m: dict[str, Any]) -> str | None:
         if not isinstance(shard, dict) or not isinstance(shard.get("file"), str) \
                 or not isinstance(shard.get("count"), int):
             return f"shards[{j}] should be an object with 'file' and 'count', got {json.dumps(shard)[:60]}"
-    for key in ("file", "kind"):
-        if not isinstance(m["faiss"].get(key), str):
-            return f"faiss.{key} should be a string, got {json.dumps(m['faiss'].get(key))[:60]}"
+    backend = m.get("backend", "faiss")
+    if backend not in _BACKEND_FIELDS:
+        return f"field 'backend' should be one of {', '.join(_BACKEND_FIELDS)}, got {json.dumps(backend)[:60]}"
+    if not isinstance(m.get(backend), dict):
+        return f"field {backend!r} should be an object, got {json.dumps(m.get(backend))[:60]}"
+    for key in _BACKEND_FIELDS[backend]:
+        if not isinstance(m[backend].get(key), str):
+            return f"{backend}.{key} should be a string, got {json.dumps(m[backend].get(key))[:60]}"
     for key in ("checkpoint", "method"):
         if not isinstance(m["model"].get(key), str):
             return f"model.{key} should be a string, got {json.dumps(m['model'].get(key))[:60]}"
@@ -151,7 +158,7 @@ def collect_garbage(index_dir: Path, manifest: dict[str, Any] | None) -> None:
     """Delete shard / faiss files the manifest does not name (leftovers of replaced or killed writes)."""
     keep = set()
     if manifest:
-        keep = {s["file"] for s in manifest["shards"]} | {manifest["faiss"]["file"]}
+        keep = {s["file"] for s in manifest["shards"]} | ({manifest["faiss"]["file"]} if "faiss" in manifest else set())
     for f in [*index_dir.glob("shards/*.safetensors"), *index_dir.glob("faiss-*.index"),
               *index_dir.glob("shards/.*.tmp"), *index_dir.glob(".*.tmp")]:
         rel = f.relative_to(index_dir).as_posix()
@@ -222,13 +229,19 @@ def all_items(out: Path, manifest: dict[str, Any]) -> list[tuple[int, dict[str, 
 
 
 def summary(out: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    f = manifest["faiss"]
-    return {"index": str(out), "images": manifest["count"], "method": manifest["model"]["method"],
+    backend = manifest.get("backend", "faiss")
+    out_ = {"index": str(out), "images": manifest["count"], "method": manifest["model"]["method"],
             "capabilities": manifest["model"].get("capabilities"),
-            "model": manifest["model"]["checkpoint"], "gallery": manifest["gallery_root"],
-            "faiss": {k: f.get(k) for k in ("kind", "nlist", "nprobe", "efSearch", "recall_at_10", "threshold")
-                      if f.get(k) is not None},
+            "model": manifest["model"]["checkpoint"], "gallery": manifest["gallery_root"], "backend": backend,
             "skipped": manifest.get("skipped", []), "generation": manifest["generation"]}
+    if backend == "milvus":
+        m = manifest["milvus"]
+        out_["milvus"] = {k: m.get(k) for k in ("uri", "lite", "collection", "index", "extras", "count")}
+    else:
+        f = manifest["faiss"]
+        out_["faiss"] = {k: f.get(k) for k in ("kind", "nlist", "nprobe", "efSearch", "pca_dim", "recall_at_10",
+                                               "recall_source", "threshold") if f.get(k) is not None}
+    return out_
 
 
 # ----------------------------------------------------------------------------- reading for search
@@ -238,7 +251,8 @@ class IndexReader:
     any other [D] feature) in memory, the FAISS index, and memory-mapped access to larger stored
     features (e.g. patch tokens), read only for the candidates that need them."""
 
-    def __init__(self, index_dir: str | Path) -> None:
+    def __init__(self, index_dir: str | Path, milvus: dict[str, Any] | None = None) -> None:
+        """`milvus`: overrides for a Milvus-backed index (`token`, `uri`)."""
         self.dir = Path(index_dir)
         self.manifest = read_manifest(self.dir)
         features = self.manifest.get("features", {})
@@ -272,11 +286,25 @@ class IndexReader:
         else:
             self._order = None
         self.stored = set(features) | set(self.vectors)
-        self.faiss = read_faiss(self.dir, self.manifest["faiss"])
-        if self.faiss.ntotal != len(self.ids):
-            raise ValueError(f"index {self.dir} is inconsistent: faiss holds {self.faiss.ntotal} vectors, "
+        self.search_index = open_vectors(self.dir, self.manifest, **(milvus or {}))  # FAISS file or Milvus
+        if isinstance(self.search_index, FaissVectors) and self.search_index.ntotal != len(self.ids):
+            raise ValueError(f"index {self.dir} is inconsistent: faiss holds {self.search_index.ntotal} vectors, "
                              f"the shards {len(self.ids)}")
         self._handles: dict[str, Any] = {}
+
+    def search(self, queries: np.ndarray, k: int, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids) of the top `k` by inner product; ids the manifest does not hold (rows a
+        killed Milvus write left, deleted by the next write) are dropped, the rest keep their order."""
+        scores, ids = self.search_index.search(queries, k, threads)
+        keep = ids[0] >= 0
+        if len(self.ids):
+            pos = np.clip(np.searchsorted(self.ids, ids[0]), 0, len(self.ids) - 1)
+            keep &= self.ids[pos] == ids[0]
+        return scores[0][keep], ids[0][keep]
+
+    @property
+    def exact(self) -> bool:
+        return self.search_index.exact
 
     def __len__(self) -> int:
         return len(self.ids)
