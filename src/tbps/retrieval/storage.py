@@ -17,6 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import save as st_save
 
 from ..utils import atomic_write_bytes
+from . import faiss_index as fx
 from .vectors import FaissVectors, open_vectors
 
 FORMAT = "tbps-index"
