@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("synth", help="render the embedded pedestrian benchmark (CUHK-PEDES layout)")
     s.add_argument("--out", required=True)
-    s.add_argument("--preset", default="small", choices=["tiny", "small", "full"])
+    s.add_argument("--preset", default="small", choices=["tiny", "small", "full", "pretrain"],
+                   help="benchmark size, or pretrain: the pretraining corpus (40,200 images, web-style captions)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--height", type=int)
     s.add_argument("--width", type=int)
