@@ -1,6 +1,7 @@
 """Turn a resolved config into the objects a run needs: dataset, tokenizer, transforms, method."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,14 @@ def resolve_device(name: str | None) -> torch.device:
 
 
 def load_data(cfg: dict[str, Any]) -> Dataset:
+    """The training data of `data.root`; its val/test splits, or with `data.eval_root` (a pretraining
+    corpus, which has none) those of that folder."""
     d = cfg["data"]
-    return load_dataset(d["dataset"], d["root"], check_images=d["check_images"])
+    dataset = load_dataset(d["dataset"], d["root"], check_images=d["check_images"])
+    if d["eval_root"]:
+        evals = load_dataset(d["eval_dataset"], d["eval_root"], check_images=d["check_images"])
+        dataset = dataclasses.replace(dataset, val=evals.val, test=evals.test)
+    return dataset
 
 
 def build_tokenizer(cfg: dict[str, Any], dataset: Dataset | None, run_dir: Path | None):
