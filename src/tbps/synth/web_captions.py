@@ -92,29 +92,39 @@ def _facts(a: dict[str, Any], groups: list[str], rng: np.random.Generator) -> li
     return out
 
 
-def _wrong(a: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-    """A copy of the attributes with one visible-looking colour replaced by another."""
-    slot = _pick(rng, ["upper_colour", "lower_colour", "shoe_colour"])
-    b = dict(a)
-    b[slot] = _pick(rng, [c for c in COLOURS if c != a[slot]])
-    return b
+_COLOUR_SLOT = {"upper": "upper_colour", "lower": "lower_colour", "shoes": "shoe_colour"}
+
+
+def _wrong(a: dict[str, Any], groups: list[str], rng: np.random.Generator) -> tuple[dict[str, Any], str | None]:
+    """(a copy of the attributes with the colour of one visible garment replaced by another, its group);
+    (the attributes, None) when no garment colour is visible."""
+    candidates = [g for g in groups if g in _COLOUR_SLOT]
+    if not candidates:
+        return a, None
+    group = _pick(rng, candidates)
+    slot = _COLOUR_SLOT[group]
+    return {**a, slot: _pick(rng, [c for c in COLOURS if c != a[slot]])}, group
 
 
 def make_web_captions(ident: dict[str, Any], params: dict[str, Any], rng: np.random.Generator,
                       n: int) -> tuple[list[str], list[dict[str, bool]]]:
     """`n` alt-text-like captions of one image and, per caption, which noise it carries
     (`wrong`: one attribute is false, `irrelevant`: pose/scene content, `partial`: not every
-    visible item is named). Only visible groups are named (or one deliberately wrong colour)."""
+    visible item is named). Only visible groups are named; a wrong caption names one visible
+    garment in a wrong colour."""
     a = ident["attributes"]
     groups = _visible_groups(a, params["visible"])
     caps: list[str] = []
     notes: list[dict[str, bool]] = []
     for _ in range(n):
-        wrong = bool(rng.random() < WRONG_PROB)
-        facts = _facts(_wrong(a, rng) if wrong else a, groups, rng)
+        attrs, wrong_group = _wrong(a, groups, rng) if rng.random() < WRONG_PROB else (a, None)
+        facts = _facts(attrs, groups, rng)
         k = int(rng.integers(1, len(facts) + 1)) if facts else 0
-        order = rng.permutation(len(facts))[:k]
-        chosen = [facts[int(i)][1] for i in order]
+        order = [int(i) for i in rng.permutation(len(facts))[:k]]
+        if wrong_group is not None and groups.index(wrong_group) not in order:  # the wrong fact is said
+            order[-1] = groups.index(wrong_group)
+        chosen = [facts[i][1] for i in order]
+        wrong = wrong_group is not None
         noun = _w(rng, a["gender"]) if rng.random() < 0.7 else _pick(rng, PERSON_WORDS)
         extra = [_pick(rng, IRRELEVANT) for _ in range(int(rng.integers(1, 3)))] \
             if rng.random() < IRRELEVANT_PROB else []
