@@ -63,7 +63,7 @@ def _check_train(ds: Dataset, fx: Fixture) -> None:
 
 
 def test_registry_names_and_unknown() -> None:
-    assert DATASETS.names() == ["cuhk-pedes", "icfg-pedes", "rstpreid", "synth"]
+    assert DATASETS.names() == ["cuhk-pedes", "icfg-pedes", "rstpreid", "synth", "synth-pretrain"]
     with pytest.raises(KeyError, match="cuhk-pedes"):
         load_dataset("cuhk", "/nonexistent")
 

@@ -42,3 +42,33 @@ def image_digests(preset_name: str, seed: int = 0, n_ids: int = 24, height: int 
 def test_rendering_is_byte_identical_to_the_reference(preset: str) -> None:
     digests = image_digests(preset)
     assert (len(digests), hashlib.sha256("".join(digests).encode()).hexdigest()) == REFERENCE[preset]
+
+
+CAPTION_REFERENCE = {  # preset -> (captions, SHA-256 over them), recorded before the pretraining corpus (issue 12)
+    "tiny": (192, "580e5a93a244c70192c260dd8b2ddc6508debe6019ea72cb31b6e8a12499c856"),
+    "small": (210, "e14ad1aaa6ae609c381f7f4659928a63c3aeab73ef5955d7a6d7b50236c5bbbf"),
+    "full": (240, "30cc6239d3f08960a7f60298a9b6bd2f1a9dec2fa4664169fb67021c4dc64352"),
+}
+
+
+def caption_digest(preset_name: str, seed: int = 0, n_ids: int = 24) -> tuple[int, str]:
+    """Captions of the first `n_ids` identities, drawn exactly as `generator._render_identity` draws them."""
+    from tbps.synth.captions import make_captions
+
+    preset = PRESETS[preset_name]
+    diff = preset.difficulty
+    caps: list[str] = []
+    for ident in _draw_identities(seed, preset)[:n_ids]:
+        pid = ident["id"]
+        for k, view in enumerate(_image_plan(seed, pid, preset)):
+            rng = np.random.default_rng([seed, pid, k])
+            params = sample_image_params(ident, view, rng, diff)
+            crng = np.random.default_rng([seed, pid, k, 1])
+            caps += make_captions(ident, params, crng, preset.captions_per_image, diff.terse_frac,
+                                  diff.mention_prob)[0]
+    return len(caps), hashlib.sha256("\n".join(caps).encode()).hexdigest()
+
+
+@pytest.mark.parametrize("preset", sorted(CAPTION_REFERENCE))
+def test_benchmark_captions_are_byte_identical_to_the_reference(preset: str) -> None:
+    assert caption_digest(preset) == CAPTION_REFERENCE[preset]

@@ -51,6 +51,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    """`tbps train` on a pretraining config, then (with --export) the foundation a fine-tuning config reads."""
+    launcher = (args.nproc or 0) > 1 and "WORLD_SIZE" not in os.environ  # its torchrun processes export
+    code = _cmd_train(args)
+    if code == 0 and args.export and not launcher and os.environ.get("RANK", "0") == "0":
+        from .engine.foundation import export_foundation
+
+        out = args.out or str(Path("runs") / Path(args.config or "run").stem)
+        print(json.dumps(export_foundation(out, args.export), indent=2, default=str))
+    return code
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .engine.runs import evaluate_run
     from .evaluation import format_metrics_table
@@ -93,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("synth", help="render the embedded pedestrian benchmark (CUHK-PEDES layout)")
     s.add_argument("--out", required=True)
-    s.add_argument("--preset", default="small", choices=["tiny", "small", "full"])
+    s.add_argument("--preset", default="small", choices=["tiny", "small", "full", "pretrain"],
+                   help="benchmark size, or pretrain: the pretraining corpus (40,200 images, web-style captions)")
     s.add_argument("--seed", type=non_negative_int, default=0)
     s.add_argument("--height", type=positive_int)
     s.add_argument("--width", type=positive_int)
@@ -112,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "train.batch_size is the global batch")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_cmd_train)
+
+    pt = sub.add_parser("pretrain", parents=[t], add_help=False, conflict_handler="resolve",
+                        help="pretrain a foundation (e.g. --config pretrain_tiny_clip) and export it")
+    pt.add_argument("--export", metavar="DIR",
+                    help="write the foundation (weights in a layout backbone.pretrained reads + tokenizer) to DIR")
+    pt.set_defaults(func=_cmd_pretrain)
 
     e = sub.add_parser("eval", help="evaluate a run folder or checkpoint folder")
     e.add_argument("run", help="run folder (uses checkpoints/best) or a checkpoint folder")

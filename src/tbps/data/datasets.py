@@ -90,6 +90,7 @@ class _Format:
     official: dict[str, tuple[int, int, int]] | None
     raw_release: str | None = None  # a known annotation file without the split field
     early_split_ids: tuple[int, ...] | None = None  # ids per split of a known wrong release
+    needs_test: bool = True  # False: a training corpus whose evaluation splits come from elsewhere
 
 
 _CUHK = _Format(
@@ -177,6 +178,24 @@ def read_rstpreid(
 ) -> Dataset:
     """RSTPReid: `data_captions.json` (entries use `img_path`) + flat `imgs/`."""
     return _read(_RSTP, root, check_images=check_images, strict=strict, allow_outside_root=allow_outside_root)
+
+
+_SYNTH_PRETRAIN = _Format(
+    name="synth-pretrain",
+    folder="synth-pretrain",
+    annotation_names=("reid_raw.json",),
+    path_field="file_path",
+    splits=("train", "val", "test"),
+    official=None,
+    needs_test=False,
+)
+
+
+@DATASETS.register("synth-pretrain")
+def read_synth_pretrain(root: str | Path, *, check_images: bool = True, strict: bool = False) -> Dataset:
+    """The pretraining corpus (`tbps synth --preset pretrain`): a train split only, every image its own id;
+    pretraining validates on a benchmark's split instead (`data.eval_root`)."""
+    return _read(_SYNTH_PRETRAIN, root, check_images=check_images, strict=strict)
 
 
 @DATASETS.register("synth")
@@ -553,13 +572,14 @@ def _read_annotation(fmt: _Format, ann: Path, *, check_images: bool, strict: boo
     if check_images and entries:
         entries = _check_images(entries, img_dir, fmt, strict, notes)
     train, num_ids, evals, counts = _build(fmt, entries, img_dir, notes)
-    if not evals["test"].image_paths:
+    if not evals["test"].image_paths and fmt.needs_test:
         raise ValueError(f"{ann}: no usable entries with split 'test'")
     if not train:
         notes.append(f"{fmt.name}: no usable train entries in {ann}")
     val = evals.get("val")
     if val is not None and not val.image_paths:
-        notes.append(f"{fmt.name}: no usable val entries in {ann}; val is None")
+        if fmt.needs_test:  # a training corpus has no evaluation splits by design
+            notes.append(f"{fmt.name}: no usable val entries in {ann}; val is None")
         val = None
     _check_stats(fmt, annotated, counts, notes)
     return Dataset(

@@ -1,6 +1,7 @@
 """Turn a resolved config into the objects a run needs: dataset, tokenizer, transforms, method."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,15 @@ def resolve_device(name: str | None) -> torch.device:
 
 
 def load_data(cfg: dict[str, Any]) -> Dataset:
+    """The training data of `data.root`; its val/test splits, or with `data.eval_root` (a pretraining
+    corpus, which has none) those of that folder."""
     d = cfg["data"]
     dataset = load_dataset(d["dataset"], d["root"], check_images=d["check_images"], strict=d["strict"],
                            allow_outside_root=d["allow_outside_root"])
+    if d["eval_root"]:
+        evals = load_dataset(d["eval_dataset"], d["eval_root"], check_images=d["check_images"], strict=d["strict"],
+                             allow_outside_root=d["allow_outside_root"])
+        dataset = dataclasses.replace(dataset, val=evals.val, test=evals.test)
     if d["val_from_train"]:
         dataset = hold_out_validation(dataset, float(d["val_from_train"]))
     return dataset

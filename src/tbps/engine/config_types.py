@@ -98,6 +98,8 @@ TRAIN_KEYS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "data.strict": _flag(),
     "data.allow_outside_root": _flag(),
     "data.val_from_train": _number(0.0, 1.0),
+    "data.eval_root": _optional(_text()),
+    "data.eval_dataset": _text(),
     "train.eps": _number(0.0, low_open=True),
     "train.epochs": _integer(1),
     "train.batch_size": _integer(1),

@@ -19,6 +19,7 @@ from . import irra  # noqa: E402,F401  (registers "irra")
 from . import uca  # noqa: E402,F401  (registers "uca")
 from . import cada  # noqa: E402,F401  (registers "cada")
 from . import clip_ft  # noqa: E402,F401  (registers "clip_ft")
+from . import blip_pretrain  # noqa: E402,F401  (registers "blip_pretrain")
 
 from .base import Capabilities, Method, Ranking  # noqa: E402
 

@@ -83,7 +83,8 @@ def _ndf_direction(logits: torch.Tensor, q: torch.Tensor, eps: float) -> torch.T
 
 @torch.no_grad()
 def mine_hard_negatives(text_emb: torch.Tensor, image_emb: torch.Tensor, text_pids: torch.Tensor,
-                        image_pids: torch.Tensor, normalize: bool = True, sample_scale: float | None = None
+                        image_pids: torch.Tensor, normalize: bool = True, sample_scale: float | None = None,
+                        generator: torch.Generator | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Hardest negative image per text and hardest negative text per image.
 
@@ -94,7 +95,8 @@ def mine_hard_negatives(text_emb: torch.Tensor, image_emb: torch.Tensor, text_pi
     With `sample_scale`, each negative is instead drawn from softmax(sample_scale * sim) over the
     allowed candidates (BLIP's sampling; not CADA's official choice): harder negatives stay more
     likely, but the hardest is no longer always the one, so "most similar" stops predicting
-    "not a match" (README, "Ablations").
+    "not a match" (README, "Ablations"). A (CPU) `generator` makes the draws a function of it
+    alone (the trainer's per-step generator: exact resume), not of the global random state.
     Returns (image index per text, text index per image, has-negative flags for both); a row whose
     candidates all share its identity has no negative and must be left out of the loss.
     """
@@ -112,6 +114,8 @@ def mine_hard_negatives(text_emb: torch.Tensor, image_emb: torch.Tensor, text_pi
     def draw(sim: torch.Tensor, excluded: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
         logits = (sim * sample_scale).masked_fill(excluded, float("-inf"))
         probs = logits.masked_fill(~ok[:, None], 0.0).softmax(1)  # a row without negatives: any (left out later)
+        if generator is not None:
+            return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(probs.device)
         return torch.multinomial(probs, 1).squeeze(1)
 
     return draw(sim_t2i, same, ok_t), draw(sim_t2i.t(), same.t(), ok_i), ok_t, ok_i
@@ -266,22 +270,43 @@ class CADA(Method):
 
     def _atp_losses(self, tokens: dict[str, torch.Tensor], pids: torch.Tensor, rows: slice, image_emb: torch.Tensor,
                     text_emb: torch.Tensor, image_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """ITM on [ENC] over B positives + 2B hard negatives, and group matching on the same passes.
+        """ITM on [ENC] over B positives + 2B hard negatives, and group matching on the same passes."""
+        if self.cfg["group_pooling"] == "official":
+            ids, mask = _pad_to(tokens["ids"], tokens["attention_mask"], int(self.cfg["official_group_len"]),
+                                self.tokenizer.pad_id)
+            tokens = {**tokens, "ids": ids, "attention_mask": mask}
+        sampled = self.cfg["hard_negative"] == "sample"
+        itm, hidden, all_mask, labels, keep = self._matching_pass(
+            tokens, pids, rows, image_emb, text_emb, image_tokens, normalize=self.cfg["hard_negative_sim"] == "cosine",
+            sample_scale=float(self.cfg["hard_negative_scale"]) if sampled else None)
+        pooled, valid = group_pool(hidden, all_mask, int(self.cfg["groups"]), self.cfg["group_pooling"],
+                                   int(self.cfg["official_group_len"]))
+        G = pooled.shape[1]
+        group = F.cross_entropy(self.group_head(pooled).float().flatten(0, 1), labels.repeat_interleave(G),
+                                reduction="none")
+        gkeep = (valid.float() * keep[:, None]).flatten()
+        group = global_mean((group * gkeep).sum(), gkeep.sum(), min_count=1)
+        return itm, group
+
+    def _matching_pass(self, tokens: dict[str, torch.Tensor], pids: torch.Tensor, rows: slice,
+                       image_emb: torch.Tensor, text_emb: torch.Tensor, image_tokens: torch.Tensor, normalize: bool,
+                       sample_scale: float | None, generator: torch.Generator | None = None
+                       ) -> tuple[torch.Tensor, ...]:
+        """Image-text matching on [ENC]: B positives + each text with a hard negative image + each image
+        with a hard negative text, in one pass of the image-grounded encoder.
 
         `tokens`, `pids`, `image_emb`, `text_emb` cover the global batch; `image_tokens` and `rows`
         are this process's (all of them with one process). Each local text is paired with its
-        hardest negative image of the global batch, whose tokens are gathered with gradient, and
-        each local image with its hardest negative text (re-encoded here from its token ids).
+        hard negative image of the global batch, whose tokens are gathered with gradient, and
+        each local image with its hard negative text (re-encoded here from its token ids).
+        Returns (ITM loss, hidden states, their mask, labels, kept-row weights).
         """
         ids, mask = tokens["ids"], tokens["attention_mask"]
-        if self.cfg["group_pooling"] == "official":
-            ids, mask = _pad_to(ids, mask, int(self.cfg["official_group_len"]), self.tokenizer.pad_id)
         enc_ids = ids.clone()
         enc_ids[:, 0] = self.enc_id
-        sampled = self.cfg["hard_negative"] == "sample"
         neg_img, neg_txt, ok_t, ok_i = mine_hard_negatives(
-            text_emb.detach(), image_emb.detach(), pids, pids, normalize=self.cfg["hard_negative_sim"] == "cosine",
-            sample_scale=float(self.cfg["hard_negative_scale"]) if sampled else None)
+            text_emb.detach(), image_emb.detach(), pids, pids, normalize=normalize, sample_scale=sample_scale,
+            generator=generator)
         neg_img, neg_txt, ok_t, ok_i = neg_img[rows], neg_txt[rows], ok_t[rows], ok_i[rows]
         pool = gather(image_tokens)  # the hard-negative image pool: the global batch's image tokens
         local_ids, local_mask = enc_ids[rows], mask[rows]
@@ -295,14 +320,7 @@ class CADA(Method):
         keep = torch.cat([torch.ones(B, dtype=torch.bool, device=ids.device), ok_t, ok_i]).float()
         itm = F.cross_entropy(self.itm_head(hidden[:, 0]).float(), labels, reduction="none")
         itm = global_mean((itm * keep).sum(), keep.sum())
-        pooled, valid = group_pool(hidden, all_mask, int(self.cfg["groups"]), self.cfg["group_pooling"],
-                                   int(self.cfg["official_group_len"]))
-        G = pooled.shape[1]
-        group = F.cross_entropy(self.group_head(pooled).float().flatten(0, 1), labels.repeat_interleave(G),
-                                reduction="none")
-        gkeep = (valid.float() * keep[:, None]).flatten()
-        group = global_mean((group * gkeep).sum(), gkeep.sum(), min_count=1)
-        return itm, group
+        return itm, hidden, all_mask, labels, keep
 
     def _ara_loss(self, batch: dict[str, Any], image_tokens: torch.Tensor) -> torch.Tensor:
         """The causal decoder reads the attribute-masked caption ([DEC] first, or [CLS] as the official

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from .pretrained_files import HF_WEIGHT_FILES, PretrainedLoadError, RawCheckpoint, checkpoint_folder, read_checkpoint
-from .pretrained_keys import LAYOUT_FAMILY, LAYOUT_NAMES, convert_state_dict, detect_layout
+from .pretrained_keys import EXPORTED_MODULES, LAYOUT_FAMILY, LAYOUT_NAMES, convert_state_dict, detect_layout
 from .vision import interpolate_pos_embedding, square_grid
 
 __all__ = [
@@ -59,7 +59,7 @@ __all__ = [
 # ============================================================================ loading into a model
 
 # Which of a model's top-level modules each layout fills; with `allow_missing` others may stay random.
-_PROVIDES = {"clip": ("backbone",), "blip": ("backbone", "itm_head", "text_decoder", "lm_head")}
+_PROVIDES = EXPORTED_MODULES
 _TEXT_POSITIONS = ("backbone.text.positional_embedding", "backbone.text.embeddings.position_embeddings.weight",
                    "text_decoder.embeddings.position_embeddings.weight")
 _VOCAB_KEYS = ("backbone.text.token_embedding.weight", "backbone.text.embeddings.word_embeddings.weight",

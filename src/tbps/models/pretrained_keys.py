@@ -10,7 +10,8 @@ import torch
 
 from .pretrained_files import PretrainedLoadError
 
-__all__ = ["LAYOUT_NAMES", "LAYOUT_FAMILY", "detect_layout", "convert_state_dict"]
+__all__ = ["LAYOUT_NAMES", "LAYOUT_FAMILY", "EXPORTED_MODULES", "detect_layout", "convert_state_dict",
+           "export_state_dict"]
 
 LAYOUT_NAMES = {
     "openai-clip": "OpenAI CLIP",
@@ -211,3 +212,58 @@ def convert_state_dict(state: Mapping[str, torch.Tensor], layout: str | None = N
         out, left = _blip(kept, hf=layout == "hf-blip")
     out = {k: (v.float() if v.is_floating_point() else v) for k, v in out.items()}
     return out, ignored, sorted(left)
+
+
+# ============================================================================ ours -> a layout (export)
+
+#: The top-level modules of a model each family's export holds (what its loader fills back).
+EXPORTED_MODULES = {"clip": ("backbone",), "blip": ("backbone", "itm_head", "text_decoder", "lm_head")}
+_BLIP_PREFIXES = (("backbone.image_proj.", "vision_proj."), ("backbone.text_proj.", "text_proj."),
+                  ("itm_head.", "itm_head."), ("backbone.text.", "text_encoder."),
+                  ("text_decoder.", "text_decoder.bert."),
+                  ("lm_head.transform.", "text_decoder.cls.predictions.transform."),
+                  ("lm_head.decoder.", "text_decoder.cls.predictions.decoder."))
+
+
+def export_state_dict(state: Mapping[str, torch.Tensor], family: str) -> dict[str, torch.Tensor]:
+    """A model's tensors (our names) -> an OpenAI-CLIP ("clip") or salesforce-BLIP ("blip") state dict:
+    the inverse of `convert_state_dict` on the modules in `EXPORTED_MODULES`; other tensors are left out."""
+    if family not in EXPORTED_MODULES:
+        raise ValueError(f"unknown layout family {family!r}; use clip or blip")
+    out: dict[str, torch.Tensor] = {}
+    block_re = re.compile(r"backbone\.visual\.transformer\.resblocks\.(\d+)\.(.+)")
+    for k, v in state.items():
+        if not k.startswith(tuple(m + "." for m in EXPORTED_MODULES[family])):
+            continue
+        v = v.detach().cpu().contiguous()
+        if family == "clip":
+            if k in ("backbone.image_proj.weight", "backbone.text_proj.weight"):  # F.linear(x, W) == x @ W.T
+                out["visual.proj" if "image" in k else "text_projection"] = v.t().contiguous()
+            elif k.startswith("backbone.visual."):
+                out[k[len("backbone."):]] = v
+            elif k.startswith("backbone.text."):
+                out[k[len("backbone.text."):]] = v
+            else:
+                raise ValueError(f"export: {k} has no place in an OpenAI CLIP state dict")
+            continue
+        rest = k[len("backbone.visual."):] if k.startswith("backbone.visual.") else None
+        if rest == "class_embedding":
+            out["visual_encoder.cls_token"] = v.reshape(1, 1, -1)
+        elif rest == "positional_embedding":
+            out["visual_encoder.pos_embed"] = v.unsqueeze(0)
+        elif rest is not None and rest.startswith("conv1."):
+            out["visual_encoder.patch_embed.proj." + rest[len("conv1."):]] = v
+        elif rest is not None and rest.startswith("ln_post."):
+            out["visual_encoder.norm." + rest[len("ln_post."):]] = v
+        elif (m := block_re.fullmatch(k)) is not None:
+            ours = next((o for o in _VIT_BLOCK if m[2] == o or m[2].startswith(o + ".")), None)
+            if ours is None:
+                raise ValueError(f"export: {k} has no place in a BLIP state dict")
+            out[f"visual_encoder.blocks.{m[1]}.{_VIT_BLOCK[ours][0]}{m[2][len(ours):]}"] = v
+        elif (pre := next((p for p in _BLIP_PREFIXES if k.startswith(p[0])), None)) is not None:
+            out[pre[1] + k[len(pre[0]):]] = v
+        else:
+            raise ValueError(f"export: {k} has no place in a BLIP state dict")
+    if "text_decoder.cls.predictions.decoder.bias" in out:  # BLIP's files hold the LM bias under both names
+        out["text_decoder.cls.predictions.bias"] = out["text_decoder.cls.predictions.decoder.bias"]
+    return out

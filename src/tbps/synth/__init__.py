@@ -12,7 +12,7 @@ from .attributes import (ATTRIBUTE_SLOTS, COLOUR_RGB, COLOURS, HAIR_COLOURS, VAR
                          sample_identity)
 from .captions import make_captions, tokenize
 from .generator import SYNTH_VERSION, generate, is_current, resolve_preset
-from .presets import PRESETS, Difficulty, Preset
+from .presets import BENCHMARK_PRESETS, PRESETS, Difficulty, Preset
 from .render import image_visibility, render_image, sample_image_params
 
 __all__ = [

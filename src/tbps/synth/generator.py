@@ -24,13 +24,15 @@ import numpy as np
 
 from .attributes import ATTRIBUTE_SLOTS, COLOURS, HAIR_COLOURS, sample_split_identities
 from .captions import make_captions, tokenize
-from .presets import PRESETS, Difficulty, Preset
+from .presets import NAMESPACE_STRIDE, PRESETS, Difficulty, Preset
 from .render import render_image, sample_image_params
+from .web_captions import make_style_shift_caption, make_web_captions
 
 SYNTH_VERSION = "1.0"
 SPLITS = ("train", "val", "test")
 IMG_SUBDIR = "synth"
 _TMP_PREFIX = ".tmp-synth-"
+STYLE_SHIFT_DIR = "style_shift"  # the test split's images with held-out-style captions (web_captions.py)
 _VIEW_WEIGHTS = {"front": 0.4, "back": 0.35, "side": 0.25}
 
 
@@ -61,19 +63,28 @@ def _render_identity(task: tuple[int, int, dict[str, Any], Preset, str]) -> list
         name = f"{pid:05d}_{k:02d}.png"
         img.save(os.path.join(img_dir, name), format="PNG", compress_level=6)
         crng = np.random.default_rng([seed, pid, k, 1])
-        caps, terse, mentions = make_captions(ident, params, crng, preset.captions_per_image, diff.terse_frac,
-                                              diff.mention_prob)
-        out.append({"name": name, "params": params, "captions": caps, "terse": terse, "mentions": mentions})
+        rec: dict[str, Any] = {"name": name, "params": params}
+        if preset.caption_style == "web":
+            n = int(crng.integers(1, preset.captions_per_image + 1))
+            rec["captions"], rec["noise"] = make_web_captions(ident, params, crng, n)
+            rec["terse"], rec["mentions"] = [False] * n, []
+        else:
+            rec["captions"], rec["terse"], rec["mentions"] = make_captions(
+                ident, params, crng, preset.captions_per_image, diff.terse_frac, diff.mention_prob)
+            # the held-out caption style, from its own stream (the benchmark captions stay as they were)
+            rec["style_shift"] = make_style_shift_caption(ident, params, np.random.default_rng([seed, pid, k, 2]))
+        out.append(rec)
     return out
 
 
 def _draw_identities(seed: int, preset: Preset) -> list[dict[str, Any]]:
     """All identities with global 1-based ids, split labels and variant links (by id)."""
-    rng = np.random.default_rng([seed, 0x5EED])
+    # a namespace other than 0 (the pretraining corpus) has its own seed stream and id range
+    rng = np.random.default_rng([seed, 0x5EED] + ([preset.namespace] if preset.namespace else []))
     diff = preset.difficulty
     out: list[dict[str, Any]] = []
     for split, n in zip(SPLITS, (preset.n_train, preset.n_val, preset.n_test)):
-        first = len(out) + 1
+        first = preset.namespace * NAMESPACE_STRIDE + len(out) + 1
         for i, ident in enumerate(sample_split_identities(rng, n, diff.variant_frac, diff.max_variants)):
             vo = ident.pop("variant_of")
             ident["id"] = first + i
@@ -192,6 +203,9 @@ def generate(out_dir: str | Path, preset: str | Preset = "small", seed: int = 0,
         reid_raw: list[dict[str, Any]] = []
         images: list[dict[str, Any]] = []
         counts = {s: {"ids": 0, "images": 0, "captions": 0, "terse_captions": 0} for s in SPLITS}
+        web = p.caption_style == "web"
+        noise = {k: 0 for k in ("wrong", "irrelevant", "partial")}
+        style_shift: list[dict[str, Any]] = []
         for it, recs in zip(idents, results):
             counts[it["split"]]["ids"] += 1
             for rec in recs:
@@ -201,8 +215,15 @@ def generate(out_dir: str | Path, preset: str | Preset = "small", seed: int = 0,
                     "captions": rec["captions"],
                     "file_path": rel,
                     "processed_tokens": [tokenize(c) for c in rec["captions"]],
-                    "id": it["id"],
+                    # the corpus carries no identity labels: every image is its own id
+                    "id": len(reid_raw) + 1 if web else it["id"],
                 })
+                for note in rec.get("noise", []):
+                    for k in noise:
+                        noise[k] += note[k]
+                if it["split"] == "test" and "style_shift" in rec:
+                    style_shift.append({**reid_raw[-1], "captions": [rec["style_shift"]],
+                                        "processed_tokens": [tokenize(rec["style_shift"])]})
                 prm = rec["params"]
                 images.append({
                     "file_path": rel,
@@ -219,6 +240,7 @@ def generate(out_dir: str | Path, preset: str | Preset = "small", seed: int = 0,
                     "attributes": {s: {"value": it["attributes"][s], "visible": prm["visible"][s]}
                                    for s in ATTRIBUTE_SLOTS},
                     "terse_captions": rec["terse"],
+                    **({"caption_noise": rec["noise"]} if web else {}),
                     "caption_mentions": rec["mentions"],
                     "render": {k: prm[k] for k in ("scale", "shift_x", "shift_y", "swing", "stride", "stance",
                                                    "brightness", "cast", "blur")},
@@ -249,6 +271,7 @@ def generate(out_dir: str | Path, preset: str | Preset = "small", seed: int = 0,
             "num_captions": sum(len(e["captions"]) for e in reid_raw),
             "num_variant_ids": num_variants,
             "preset_config": p.to_dict(),
+            **({"caption_noise": noise} if web else {}),
         }
         attributes = {
             "version": SYNTH_VERSION,
@@ -265,6 +288,10 @@ def generate(out_dir: str | Path, preset: str | Preset = "small", seed: int = 0,
         _write_json(tmp / "attributes.json", attributes)
         _write_json(tmp / "meta.json", meta, indent=2)
         _write_json(tmp / "reid_raw.json", reid_raw)
+        if style_shift:  # a test-only dataset folder sharing the images: tbps eval RUN --data-root <out>/style_shift
+            (tmp / STYLE_SHIFT_DIR).mkdir()
+            os.symlink(os.path.join("..", "imgs"), tmp / STYLE_SHIFT_DIR / "imgs")
+            _write_json(tmp / STYLE_SHIFT_DIR / "reid_raw.json", style_shift)
 
         # Swap into place; reid_raw.json goes away first and comes back last.
         final_raw = out / "reid_raw.json"
@@ -278,6 +305,9 @@ def generate(out_dir: str | Path, preset: str | Preset = "small", seed: int = 0,
         os.replace(tmp_imgs, final_imgs)
         os.replace(tmp / "attributes.json", out / "attributes.json")
         os.replace(tmp / "meta.json", out / "meta.json")
+        if style_shift:
+            shutil.rmtree(out / STYLE_SHIFT_DIR, ignore_errors=True)
+            os.replace(tmp / STYLE_SHIFT_DIR, out / STYLE_SHIFT_DIR)
         os.replace(tmp / "reid_raw.json", final_raw)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -294,6 +324,7 @@ def generate(out_dir: str | Path, preset: str | Preset = "small", seed: int = 0,
         "num_images": meta["num_images"],
         "num_captions": meta["num_captions"],
         "num_variant_ids": num_variants,
+        **({"caption_noise": noise} if web else {}),
         "workers": workers,
         "seconds": round(seconds, 2),
     }

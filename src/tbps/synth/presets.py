@@ -48,6 +48,11 @@ class Preset:
     height: int = 128
     width: int = 64
     difficulty: Difficulty = field(default_factory=Difficulty)
+    # The pretraining corpus (issue 12): alt-text-like captions ("web", 1-2 per image, no identity
+    # labels: every image is its own id) and identities drawn in their own namespace (its own seed
+    # stream and ids from `namespace * NAMESPACE_STRIDE + 1`), so no benchmark identity recurs.
+    caption_style: str = "grammar"  # grammar (the benchmark's) | web
+    namespace: int = 0
 
     def with_size(self, height: int | None, width: int | None) -> "Preset":
         """Same preset at another crop size (drawing is resolution independent)."""
@@ -57,6 +62,9 @@ class Preset:
         d = asdict(self)
         d["images_per_id"] = list(self.images_per_id)
         d["difficulty"] = self.difficulty.to_dict()
+        for k in ("caption_style", "namespace"):  # added later: left out at their default, so that
+            if d[k] == getattr(Preset, k):        # the benchmark renders made before stay current
+                del d[k]
         return d
 
 
@@ -75,4 +83,10 @@ PRESETS: dict[str, Preset] = {
     "small": Preset("small", 800, 100, 100, (4, 5), difficulty=DEMO_DIFFICULTY),
     # RSTPReid-sized: 4101 ids, 5 images each, at the full (default) difficulty.
     "full": Preset("full", 3701, 200, 200, (5, 5)),
+    # The pretraining corpus: 13,400 identities x 3 images = 40,200 images, 1-2 web captions each,
+    # at the full difficulty without one-attribute variant families; train split only.
+    "pretrain": Preset("pretrain", 13400, 0, 0, (3, 3), captions_per_image=2, difficulty=Difficulty(variant_frac=0.0),
+                       caption_style="web", namespace=1),
 }
+BENCHMARK_PRESETS = tuple(k for k, p in PRESETS.items() if p.namespace == 0)
+NAMESPACE_STRIDE = 10_000_000  # identity ids of namespace n start at n * NAMESPACE_STRIDE + 1
