@@ -192,10 +192,12 @@ _SYNTH_PRETRAIN = _Format(
 
 
 @DATASETS.register("synth-pretrain")
-def read_synth_pretrain(root: str | Path, *, check_images: bool = True, strict: bool = False) -> Dataset:
+def read_synth_pretrain(root: str | Path, *, check_images: bool = True, strict: bool = False,
+                        allow_outside_root: bool = False) -> Dataset:
     """The pretraining corpus (`tbps synth --preset pretrain`): a train split only, every image its own id;
     pretraining validates on a benchmark's split instead (`data.eval_root`)."""
-    return _read(_SYNTH_PRETRAIN, root, check_images=check_images, strict=strict)
+    return _read(_SYNTH_PRETRAIN, root, check_images=check_images, strict=strict,
+                 allow_outside_root=allow_outside_root)
 
 
 @DATASETS.register("synth")
