@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+from _ablation import repo_relative
 from _child import child_main, run_child
 
 SIZES = {"cuhk": ("CUHK-PEDES", 6156, 3074, 1000), "icfg": ("ICFG-PEDES", 19848, 19848, 1000)}
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = f"eval_speed_{'cuda' if args.device.startswith('cuda') else 'cpu'}"
-    atomic_write_json(out / f"{name}.json", {"machine": info, "args": vars(args), "results": rows})
+    atomic_write_json(out / f"{name}.json", {"machine": info, "args": repo_relative(vars(args)), "results": rows})
     text = _markdown(rows, info, args.device, load_before, args.repeat)
     atomic_write_text(out / f"{name}.md", text)
     print(text)

@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+from _ablation import repo_relative
 from _child import child_main, run_child
 
 PAPER = {  # config, global batch of the paper / official code
@@ -263,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = f"train_speed_{'cuda' if on_gpu else 'cpu'}"
-    atomic_write_json(out / f"{name}.json", {"machine": info, "args": vars(args), "results": rows})
+    atomic_write_json(out / f"{name}.json", {"machine": info, "args": repo_relative(vars(args)), "results": rows})
     text = _markdown(rows, info, args)
     atomic_write_text(out / f"{name}.md", text)
     print(text)
