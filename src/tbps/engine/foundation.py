@@ -1,10 +1,10 @@
 """Export a pretraining run as a foundation: weights in a layout `backbone.pretrained` reads, tokenizer beside.
 
-The clip layout is written as an OpenAI-CLIP state dict (`foundation.pt`: `visual.*`, `transformer.*`,
-`visual.proj`, `text_projection`), the keys of OpenAI's ViT-B-16 file; the blip layout as BLIP's
-`model_base.pth` (`{"model": {visual_encoder.*, text_encoder.*, itm_head.*, text_decoder.*}}`). So
-fine-tuning reads a foundation through the loader that reads the real files (models/pretrained.py). The export is checked before it is written: converting it back with the
-loader's own key map must give every backbone tensor of the run, unchanged.
+The clip layout is written as an OpenAI-CLIP state dict (`foundation.pt`, the keys of OpenAI's
+ViT-B-16 file), the blip layout as BLIP's `model_base.pth` (`{"model": {...}}`); which modules each
+layout carries and their names are the loader's (`models/pretrained_keys.py`). So fine-tuning reads a
+foundation through the loader that reads the real files. The export is checked before it is written:
+converting it back with the loader's own key map must give every exported tensor of the run, unchanged.
 """
 from __future__ import annotations
 

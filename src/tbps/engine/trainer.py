@@ -126,8 +126,8 @@ def check_amp(amp: str | None, device: torch.device) -> str | None:
 
 
 def autocast(device: torch.device, amp: str | None):
-    """Mixed precision for the encoders. Losses on similarities and distributions switch it off
-    again locally and run in fp32 (`methods.losses`, `methods.distributions`)."""
+    """Mixed precision for the encoders. The methods' losses on similarities and distributions switch
+    it off again locally and run in fp32."""
     if amp is None:
         return torch.autocast(device.type, enabled=False)
     return torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[amp])

@@ -21,11 +21,11 @@ from torch import nn
 
 from ..models import Backbone
 from . import register
-from .base import Capabilities, shard_of
+from .base import Capabilities
 from .cada import DEFAULTS as CADA_DEFAULTS
 from .cada import CADA
 from .clip_ft import clip_loss
-from .losses import gather, masked_token_loss
+from .losses import masked_token_loss
 
 DEFAULTS: dict[str, Any] = {
     "temperature_init": 0.07,   # BLIP/CLIP: a learnable temperature starting at 0.07
@@ -69,13 +69,8 @@ class BLIPPretrain(CADA):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         w = self.cfg["loss_weights"]
-        bb = self.backbone
-        tok = batch["tokens"]
-        ids, mask = tok["ids"], tok["attention_mask"]
-        image_emb, image_tokens = bb.encode_image(batch["images"])
-        text_emb, _ = bb.encode_text(ids, mask)
-        glob, rows = shard_of(batch)
-        image_emb_g, text_emb_g = gather(image_emb), gather(text_emb)
+        glob, rows, image_emb_g, text_emb_g, image_tokens = self._encode_batch(batch)
+        ids, mask = batch["tokens"]["ids"], batch["tokens"]["attention_mask"]
         scale = self.logit_scale()
         losses: dict[str, torch.Tensor] = {"logit_scale": scale.detach()}
         losses["itc"] = clip_loss(image_emb_g, text_emb_g, scale)

@@ -243,15 +243,20 @@ class CADA(Method):
         return {"attr_flags": flags, "attr_phrase_ids": phrase_ids}
 
     # ------------------------------------------------------------------ training
+    def _encode_batch(self, batch: dict[str, Any]) -> tuple[dict[str, Any], slice, torch.Tensor, torch.Tensor,
+                                                             torch.Tensor]:
+        """(global batch, this rank's rows, global image and text embeddings, local image tokens).
+
+        Under multi-process training the embeddings are gathered so negatives come from the global batch."""
+        tok = batch["tokens"]
+        image_emb, image_tokens = self.backbone.encode_image(batch["images"])
+        text_emb, _ = self.backbone.encode_text(tok["ids"], tok["attention_mask"])
+        glob, rows = shard_of(batch)
+        return glob, rows, gather(image_emb), gather(text_emb), image_tokens
+
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         w = self.cfg["loss_weights"]
-        bb = self.backbone
-        tok = batch["tokens"]
-        ids, mask = tok["ids"], tok["attention_mask"]
-        image_emb, image_tokens = bb.encode_image(batch["images"])
-        text_emb, _ = bb.encode_text(ids, mask)
-        glob, rows = shard_of(batch)  # multi-process: the global batch and this rank's rows
-        image_emb_g, text_emb_g = gather(image_emb), gather(text_emb)  # negatives from the global batch
+        glob, rows, image_emb_g, text_emb_g, image_tokens = self._encode_batch(batch)
         losses: dict[str, torch.Tensor] = {}
         total = 0.0
         if w["glb"]:
