@@ -60,12 +60,12 @@ def _train(tmp_path_factory, config: str, data: Path, overrides: list[str]) -> P
 
 @pytest.fixture(scope="session")
 def cada_run(tmp_path_factory, tiny_benchmark) -> Path:
-    return _once("cada", lambda: _train(tmp_path_factory, "cada_tiny", tiny_benchmark, CADA_RUN))
+    return _once("cada", lambda: _train(tmp_path_factory, "cada_tiny_scratch", tiny_benchmark, CADA_RUN))
 
 
 @pytest.fixture(scope="session")
 def uca_run(tmp_path_factory, tiny_benchmark) -> Path:
-    return _once("uca", lambda: _train(tmp_path_factory, "uca_tiny", tiny_benchmark, UCA_RUN))
+    return _once("uca", lambda: _train(tmp_path_factory, "uca_tiny_scratch", tiny_benchmark, UCA_RUN))
 
 
 def _make_gallery(root: Path, data: Path) -> dict[str, Any]:

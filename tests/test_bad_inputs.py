@@ -33,7 +33,7 @@ TINY_MODEL = [
 ]
 
 
-def _train_args(data: Path, out: Path, *extra: str, config: str = "irra_tiny", model: list[str] = TINY_MODEL) -> list[str]:
+def _train_args(data: Path, out: Path, *extra: str, config: str = "irra_tiny_scratch", model: list[str] = TINY_MODEL) -> list[str]:
     args = ["train", "--config", config, "--out", str(out), "--quiet", "--set", f"data.root={data}"]
     for s in [*model, "train.stop_after_steps=1", "train.ckpt_every_steps=1", *extra]:
         args += ["--set", s]
@@ -357,7 +357,7 @@ def test_resume_with_an_incompatible_config_changes_nothing(capsys, tmp_path, da
 def test_resume_with_another_method_changes_nothing(capsys, tmp_path, data, run):
     run2 = copy_of(run, tmp_path, "run")
     before = tree_digest(run2)
-    code, _, err = cli(capsys, *_train_args(data, run2, config="uca_tiny"), "--resume")
+    code, _, err = cli(capsys, *_train_args(data, run2, config="uca_tiny_scratch"), "--resume")
     assert code == 2 and "irra" in err and "uca" in err
     assert tree_digest(run2) == before
 
@@ -383,7 +383,7 @@ def test_resume_with_another_method_changes_nothing(capsys, tmp_path, data, run)
 ])
 def test_train_refuses_a_bad_config_value_before_reading_data(capsys, tmp_path, override, key):
     out = tmp_path / "run"
-    code, _, err = cli(capsys, "train", "--config", "irra_tiny", "--out", out, "--quiet",
+    code, _, err = cli(capsys, "train", "--config", "irra_tiny_scratch", "--out", out, "--quiet",
                        "--set", "data.root=/nonexistent/dataset", "--set", override)
     assert code == 2 and f"{key}:" in err and override.split("=", 1)[1] in err
     assert "/nonexistent/dataset" not in err or key == "data.root"  # no data was looked at
@@ -419,7 +419,7 @@ def test_eval_names_a_null_data_root_in_the_run_config(capsys, tmp_path, run):
     (["index", "add", "IDX", "x.jpg", "--workers", "-3"], "--workers"),
     (["synth", "--out", "O", "--workers", "0"], "--workers"),
     (["synth", "--out", "O", "--height", "-8"], "--height"),
-    (["train", "--config", "irra_tiny", "--nproc", "0"], "--nproc"),
+    (["train", "--config", "irra_tiny_scratch", "--nproc", "0"], "--nproc"),
     (["demo", "--epochs", "0"], "--epochs"),
     (["export", "RUN", "--onnx", "O", "--opset", "0"], "--opset"),
 ])

@@ -358,7 +358,7 @@ TINY_RUN = [
 def test_train_and_eval_cada_through_the_cli(tmp_path, capsys):
     data = render_tiny_benchmark(tmp_path / "tiny")
     run = tmp_path / "run"
-    assert main(cli_train_args("cada_tiny", data, run, TINY_RUN)) == 0
+    assert main(cli_train_args("cada_tiny_scratch", data, run, TINY_RUN)) == 0
     assert (run / "checkpoints/best/model.safetensors").is_file()
     capsys.readouterr()
     assert main(["eval", str(run), "--split", "test", "--quiet", "--json", str(tmp_path / "m.json")]) == 0

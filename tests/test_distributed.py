@@ -125,7 +125,7 @@ def test_tbps_train_nproc_2_runs_the_whole_loop(tiny_data, tmp_path, capsys):
              "text_heads: 2, text_layers: 1, embed_dim: 32}", "method.cross_layers=1", "train.epochs=1",
              "train.batch_size=16", "data.tokenizer_vocab_size=300", "train.log_every=4", "train.device=cpu"]
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    assert main(cli_train_args("irra_tiny", tiny_data, out, small) + ["--nproc", "2"]) == 0
+    assert main(cli_train_args("irra_tiny_scratch", tiny_data, out, small) + ["--nproc", "2"]) == 0
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert records[0]["world_size"] == 2 and records[0]["per_process_batch"] == 8
     steps = [r["step"] for r in records if "loss" in r]

@@ -32,7 +32,7 @@ def tiny_data(tmp_path_factory):
 
 
 def _train_args(data, out, *extra):
-    return cli_train_args("irra_tiny", data, out, SMALL_MODEL + list(extra))
+    return cli_train_args("irra_tiny_scratch", data, out, SMALL_MODEL + list(extra))
 
 
 def _weights(run):

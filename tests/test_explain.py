@@ -27,7 +27,7 @@ TEXT = "A man wearing a blue and white striped tank top, green pants and pink sh
 def run(tmp_path_factory):
     """A cada run folder (config, tokenizer, random weights) written without training."""
     root = tmp_path_factory.mktemp("explain")
-    cfg = load_experiment_config("cada_tiny", [
+    cfg = load_experiment_config("cada_tiny_scratch", [
         "backbone.overrides={vision_width: 64, vision_heads: 2, vision_layers: 1, text_width: 64, text_heads: 2, "
         "text_layers: 2, embed_dim: 32}", "method.decoder_layers=1", "train.device=cpu"])
     tok = TrainedTokenizer.train(CAPTIONS * 3, vocab_size=300, extra_special=["[ENC]", "[DEC]"], min_frequency=1)

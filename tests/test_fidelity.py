@@ -308,11 +308,11 @@ def test_paper_configs_select_every_official_switch(dataset: str) -> None:
 
 
 def test_tiny_configs_keep_their_behaviour() -> None:
-    irra = _paper("irra_tiny")
+    irra = _paper("irra_tiny_scratch")
     assert irra["method"]["global_on_masked_caption"] is False and irra["method"]["mlm_masking"] == "tbps"
     assert irra["method"]["mlm_padding"] == "none" and irra["train"]["param_groups"] is None
     assert irra["train"]["eps"] == 1e-8 and irra["backbone"]["pos_interpolation"] == "bicubic"
-    cada = _paper("cada_tiny")["method"]
+    cada = _paper("cada_tiny_scratch")["method"]
     assert cada["hard_negative_sim"] == "cosine" and cada["group_pooling"] == "padding_aware"
     assert cada["ara_start_token"] == "dec" and cada["tie_lm_head"] is False
-    assert "text_dropout" not in _paper("cada_tiny")["backbone"]["overrides"]
+    assert "text_dropout" not in _paper("cada_tiny_scratch")["backbone"]["overrides"]

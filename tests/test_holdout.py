@@ -34,7 +34,7 @@ def test_held_out_identities_are_disjoint_from_training(tmp_path: Path) -> None:
 
 def test_switch_in_the_config_and_its_refusals(tmp_path: Path) -> None:
     fx = write_icfg_fixture(tmp_path / "icfg", n_ids=6, split_ids={"train": 5, "test": 1})
-    cfg = load_experiment_config("uca_tiny", ["data.dataset=icfg-pedes", f"data.root={fx.root}",
+    cfg = load_experiment_config("uca_tiny_scratch", ["data.dataset=icfg-pedes", f"data.root={fx.root}",
                                               "data.check_images=false"])
     assert cfg["data"]["val_from_train"] == 0.0 and load_data(cfg).val is None  # default: today's behaviour
     cfg["data"]["val_from_train"] = 0.4

@@ -26,9 +26,9 @@ def _build(config: str, *extra: str) -> Method:
 
 @pytest.fixture(scope="module")
 def methods() -> dict[str, Method]:
-    return {"irra": _build("irra_tiny", "method.cross_layers=1"), "clip_ft": _build("clip_ft_tiny"),
-            "uca": _build("uca_tiny", "method.cross_layers=1", "method.num_samples=2"),
-            "cada": _build("cada_tiny", "method.decoder_layers=1", "method.rerank_k=[3]")}
+    return {"irra": _build("irra_tiny_scratch", "method.cross_layers=1"), "clip_ft": _build("clip_ft_tiny"),
+            "uca": _build("uca_tiny_scratch", "method.cross_layers=1", "method.num_samples=2"),
+            "cada": _build("cada_tiny_scratch", "method.decoder_layers=1", "method.rerank_k=[3]")}
 
 
 def test_each_method_declares_what_it_offers_and_knows_its_name(methods):

@@ -64,7 +64,7 @@ def test_amp_choices():
 
 
 def test_fp16_training_on_cpu_fails_with_a_clear_message(tiny_data, tmp_path, capsys):
-    args = cli_train_args("irra_tiny", tiny_data, tmp_path / "run", ["train.device=cpu", "train.amp=fp16"])
+    args = cli_train_args("irra_tiny_scratch", tiny_data, tmp_path / "run", ["train.device=cpu", "train.amp=fp16"])
     assert main(args) == 2
     assert "fp16 needs a CUDA device" in capsys.readouterr().err
 
@@ -121,6 +121,6 @@ def test_worker_processes_and_image_cache_do_not_change_training(tiny_data, tmp_
     runs = {}
     for name, extra in (("plain", ["data.num_workers=0"]), ("workers", ["data.num_workers=2", "data.cache_images=true"])):
         runs[name] = tmp_path / name
-        assert main(cli_train_args("uca_tiny", tiny_data, runs[name], small + extra)) == 0
+        assert main(cli_train_args("uca_tiny_scratch", tiny_data, runs[name], small + extra)) == 0
     a, b = (load_file(str(r / "checkpoints" / "last" / "model.safetensors")) for r in runs.values())
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -120,7 +120,7 @@ def test_cli_refuses_a_typo_before_reading_data(tmp_path: Path, capsys: pytest.C
 
 def test_run_configs_are_loaded_strictly(tmp_path: Path) -> None:
     """A saved run config with a key the code no longer knows is refused by name, not ignored."""
-    saved = write(tmp_path / "run" / "config.yaml", (CONFIG_DIR / "irra_tiny.yaml").read_text()
+    saved = write(tmp_path / "run" / "config.yaml", (CONFIG_DIR / "irra_tiny_scratch.yaml").read_text()
                   .replace("_base_: irra.yaml", f"_base_: {CONFIG_DIR / 'irra.yaml'}") + "\neval:\n  batch_sise: 4\n")
     with pytest.raises(ConfigKeyError, match=r"config\.yaml: unknown config key 'eval\.batch_sise'"):
         load_experiment_config(saved)

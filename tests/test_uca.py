@@ -439,7 +439,7 @@ SMALL_MODEL = [
 def test_cli_train_and_eval_report_uncertainty(tmp_path, capsys):
     data = render_tiny_benchmark(tmp_path / "tiny")
     run = tmp_path / "run"
-    assert main(cli_train_args("uca_tiny", data, run, SMALL_MODEL)) == 0
+    assert main(cli_train_args("uca_tiny_scratch", data, run, SMALL_MODEL)) == 0
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert any("pcl_intra" in r and r["pcl_intra"] > 0 for r in log)  # balanced batches give intra positives
     weights = load_file(str(run / "checkpoints" / "best" / "model.safetensors"))
@@ -465,7 +465,7 @@ def test_dataset_without_val_split_fits_calibration_on_held_out_train_ids(tmp_pa
     common = [*SMALL_MODEL, "data.dataset=icfg-pedes", "data.instances_per_id=2", "train.batch_size=8"]
     for holdout in (0.0, 0.3):
         run = tmp_path / f"run{holdout}"
-        assert main(cli_train_args("uca_tiny", fx.root, run, [*common, f"data.val_from_train={holdout}"])) == 0
+        assert main(cli_train_args("uca_tiny_scratch", fx.root, run, [*common, f"data.val_from_train={holdout}"])) == 0
         weights = load_file(str(run / "checkpoints" / "best" / "model.safetensors"))
         assert float(weights["calib_fitted"]) == (1.0 if holdout else 0.0)
         out_json = tmp_path / f"eval{holdout}.json"
