@@ -95,7 +95,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(Path(args.out), preset=args.preset, seed=args.seed, epochs=args.epochs, progress=not args.quiet)
+    run_demo(Path(args.out), preset=args.preset, seed=args.seed, epochs=args.epochs, progress=not args.quiet,
+             overrides=args.set)
     return 0
 
 
@@ -151,11 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--checkpoint", default=None, help="best (default) or last, when RUN is a run folder")
     x.set_defaults(func=_cmd_explain)
 
-    d = sub.add_parser("demo", help="generate the small benchmark, train IRRA, evaluate, write an HTML page")
+    d = sub.add_parser("demo", help="generate the small benchmark, fine-tune IRRA from the tiny CLIP foundation, "
+                                    "evaluate beside the zero-shot foundation, write an HTML page")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--preset", default="small", choices=["tiny", "small", "full"])
     d.add_argument("--seed", type=non_negative_int, default=0)
     d.add_argument("--epochs", type=positive_int, default=None)
+    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the fine-tuning config (irra_tiny), e.g. backbone.pretrained=DIR/foundation.pt")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_cmd_demo)
 
