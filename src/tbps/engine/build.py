@@ -12,6 +12,7 @@ from ..data.holdout import hold_out_validation
 from ..data.tokenizers import (BertWordPieceTokenizer, ClipBpeTokenizer, TrainedTokenizer, find_clip_bpe,
                                load_tokenizer, tokenizer_from_files)
 from ..data.transforms import build_transform
+from ..foundation import resolve as resolve_foundation
 from ..methods import Method, build_method
 from ..models import backbone_config, build_backbone
 from ..models.pretrained import checkpoint_folder
@@ -44,7 +45,8 @@ def build_tokenizer(cfg: dict[str, Any], dataset: Dataset | None, run_dir: Path 
     saved = run_dir / "tokenizer" if run_dir is not None else None
     if saved is not None and saved.is_dir():
         return load_tokenizer(saved)
-    kind = cfg["data"]["tokenizer"]
+    kind = resolve_foundation(cfg["data"]["tokenizer"], "data.tokenizer")  # foundation:<name> -> its tokenizer/
+    pretrained = resolve_foundation(cfg.get("backbone", {}).get("pretrained"), "backbone.pretrained")
     if kind == "trained":
         if dataset is None:
             raise ValueError("a trained tokenizer needs the training captions")
@@ -52,10 +54,10 @@ def build_tokenizer(cfg: dict[str, Any], dataset: Dataset | None, run_dir: Path 
         tok = TrainedTokenizer.train((s.caption for s in dataset.train),
                                      vocab_size=int(cfg["data"]["tokenizer_vocab_size"]), extra_special=extra)
     elif kind == "clip-bpe":  # data.tokenizer_path, else the checkpoint folder, else the copy shipped in tbps
-        ckpt_dir = checkpoint_folder(cfg.get("backbone", {}).get("pretrained"))
+        ckpt_dir = checkpoint_folder(pretrained)
         tok = ClipBpeTokenizer(find_clip_bpe(cfg["data"].get("tokenizer_path"), ckpt_dir))
     elif kind == "bert-wordpiece":  # bert-base-uncased vocab.txt + [DEC]/[ENC], from tokenizer_path or the checkpoint
-        src = cfg["data"].get("tokenizer_path") or checkpoint_folder(cfg.get("backbone", {}).get("pretrained"))
+        src = cfg["data"].get("tokenizer_path") or checkpoint_folder(pretrained)
         tok = tokenizer_from_files(src) if src and Path(src).expanduser().exists() else None
         if not isinstance(tok, BertWordPieceTokenizer):
             raise FileNotFoundError(f"data.tokenizer=bert-wordpiece needs bert-base-uncased's vocab.txt, not found "
@@ -97,8 +99,9 @@ def build_model(cfg: dict[str, Any], tokenizer: Any, num_classes: int, load_pret
     m = dict(cfg["method"])
     name = m.pop("name")
     method = build_method(name, m, backbone, num_classes, tokenizer)
-    if b.get("pretrained") and load_pretrained:
-        report = load_pretrained_weights(method, b["pretrained"], allow_missing=b.get("pretrained_allow_missing") or (),
+    if b.get("pretrained") and load_pretrained:  # a path, or foundation:<name> (a foundation shipped in tbps)
+        report = load_pretrained_weights(method, resolve_foundation(b["pretrained"], "backbone.pretrained"),
+                                         allow_missing=b.get("pretrained_allow_missing") or (),
                                          trust_pickle=bool(b.get("pretrained_trust_pickle", False)),
                                          pos_interpolation=b.get("pos_interpolation", "bicubic"),
                                          what=f"backbone.pretrained ({b['name']} weights)")

@@ -150,6 +150,10 @@ def check_config_types(cfg: Mapping[str, Any], keys: Mapping[str, tuple[str, Cal
         if value is _ABSENT or ok(value):
             continue
         problems.append(f"{key}: expected {what}, got {_shown(value)}")
+    if not problems and keys is TRAIN_KEYS:  # foundation:<name> must name a shipped foundation
+        from ..foundation import reference_problems
+
+        problems += reference_problems(cfg)
     method = cfg.get("method")
     if not problems and keys is TRAIN_KEYS and isinstance(method, Mapping):
         from ..methods import check_method_config  # the method's own keys, typed by its defaults
