@@ -22,7 +22,7 @@ SMALL = ["backbone.overrides={vision_width: 32, vision_heads: 2, vision_layers: 
 
 def _fake_foundation(root: Path, name: str = "tiny-clip") -> dict[str, torch.Tensor]:
     """A clip-layout foundation folder made from a randomly initialised model; returns our state dict."""
-    cfg = load_experiment_config("irra_tiny", [*SMALL, "data.tokenizer=clip-bpe"])
+    cfg = load_experiment_config("irra_tiny_scratch", [*SMALL, "data.tokenizer=clip-bpe"])
     tok = build_tokenizer(cfg, None, None)
     method = build_model(cfg, tok, num_classes=4)
     _, state = foundation_state(method)
