@@ -1,5 +1,6 @@
 """The ablation runner (benchmarks/_ablation.py): cached runs are reused only under the same config."""
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import _ablation  # noqa: E402
 
 def _args(tmp: Path, **kw) -> argparse.Namespace:
     base = dict(seeds=2, variants=None, train_seeds=None, data_root=str(tmp / "data"), epochs=4, set=[],
-                runs=str(tmp / "runs"), out=str(tmp / "results" / "abl"), quiet=True)
+                runs=str(tmp / "runs"), out=str(tmp / "results" / "abl"), quiet=True, scratch=False)
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -82,7 +83,7 @@ def test_uca_table_reports_excess_aurc_relative_paths_and_init(tmp_path: Path, m
     assert payload["common_overrides"][0] == "data.root=data"
     assert str(tmp_path) not in json.dumps(payload)  # every path under the repository is relative
     run = payload["runs"]["uca_full_intra_means_only"][0]
-    assert run["init"] is None  # trained from scratch
+    assert run["init"] == "foundation:tiny-clip"  # uca_tiny fine-tunes from the shipped foundation
     assert run["checkpoint"] == "runs/uca_full_intra_means_only/seed0/checkpoints/best"
     assert run["metrics"]["t2i"]["R1"] == 12.0
     assert run["metrics"]["extra"]["rank1_by_uncertainty_bin"]["spearman"] == -0.5
@@ -95,7 +96,12 @@ def test_init_records_the_starting_checkpoint_relative_to_the_repository(monkeyp
     cfg = load_experiment_config("irra_tiny", [f"backbone.pretrained={tmp_path / 'foundation' / 'clip.safetensors'}"])
     assert _ablation.repo_relative({"init": _ablation.starting_checkpoint(cfg)}) == {
         "init": "foundation/clip.safetensors"}
-    assert _ablation.starting_checkpoint(load_experiment_config("irra_tiny")) is None
+    assert _ablation.starting_checkpoint(load_experiment_config("irra_tiny_scratch")) is None
+    assert _ablation.starting_checkpoint(load_experiment_config("irra_tiny")) == "foundation:tiny-clip"
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"weights")
+    assert _ablation.checkpoint_sha256(str(weights)) == hashlib.sha256(b"weights").hexdigest()  # which version
+    assert _ablation.checkpoint_sha256(None) is None
     assert _ablation.repo_relative(["x=1", "/abs/elsewhere", "pretrained/ViT-B-16.pt", 3]) == [
         "x=1", "/abs/elsewhere", "pretrained/ViT-B-16.pt", 3]
 
@@ -130,7 +136,7 @@ def test_report_only_rewrites_stored_results_without_training(tmp_path: Path, mo
     out = tmp_path / "results" / "ablate_uca"
     out.parent.mkdir()
     Path(f"{out}.json").write_text(json.dumps(stored))
-    args = _args(tmp_path, seeds=1, out=str(out), report_only=True)
+    args = _args(tmp_path, seeds=1, out=str(out), report_only=True, scratch=True)  # these runs were from scratch
     _ablation.run_ablation("ablate_uca", ablate_uca.VARIANTS, args, tasks=["t2i"], extra=ablate_uca.uncertainty_columns)
     payload = json.loads(Path(f"{out}.json").read_text())
     assert payload["common_overrides"] == ["data.root=benchmarks/data/synth-small", "train.epochs=4"]
@@ -139,3 +145,59 @@ def test_report_only_rewrites_stored_results_without_training(tmp_path: Path, mo
     assert r["metrics"]["t2i"]["R1"] == 10.0 and payload["machine"]["cpu"] == "AMD EPYC"  # the machine that ran them
     md = Path(f"{out}.md").read_text()
     assert "| uca_full | 1 | 10.00 | 12.00 | 0.25 | -0.60 |" in md and other not in md
+
+
+def test_routes_budget_and_output_defaults() -> None:
+    ft, scratch = _ablation.parse_args("ablate_x", argv=[]), _ablation.parse_args("ablate_x", argv=["--scratch"])
+    assert ft.epochs == 0 and ft.runs.endswith("ablations-ft-ecfg") and ft.out.endswith("results/ablate_x")
+    assert scratch.epochs == 4 and scratch.runs.endswith("ablations-e4") and scratch.out.endswith("ablate_x_scratch")
+    assert _ablation.parse_args("ablate_x", argv=["--epochs", "2"]).runs.endswith("ablations-ft-e2")
+    variants = {"irra": ("irra_tiny", []), "cada": ("cada_tiny", ["method.rerank_k=[4]"]), "paper": ("irra_cuhk", [])}
+    assert _ablation.routed(variants, scratch=False) == variants
+    assert _ablation.routed(variants, scratch=True) == {"irra": ("irra_tiny_scratch", []), "paper": ("irra_cuhk", []),
+                                                        "cada": ("cada_tiny_scratch", ["method.rerank_k=[4]"])}
+
+
+@pytest.mark.parametrize("module", ["ablate_cada", "ablate_uca"])
+def test_both_grids_hold_the_irra_baseline_and_their_full_method(module: str) -> None:
+    grid = __import__(module).VARIANTS
+    assert grid["irra"] == ("irra_tiny", []) and grid[f"{module.split('_')[1]}_full"][1] == []
+
+
+def _runs(**r1: list[float]) -> dict:
+    return {v: [{"metrics": {"t2i": {"R1": x, "mAP": x}, "t2i-rerank@32": {"R1": x + 1, "mAP": x}}} for x in xs]
+            for v, xs in r1.items()}
+
+
+def test_cada_questions_answer_from_the_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ablate_cada
+
+    answers = ablate_cada.paper_questions(_runs(irra=[10.0, 12.0], cada_full=[20.0, 22.0]))
+    assert [a["answer"] for a in answers] == ["yes", "yes", "yes"]  # rerank = single + 1 here
+    assert "cada_full t2i-rerank@32 22.00 ± 1.41 (n=2) vs cada_full t2i 21.00 ± 1.41 (n=2): +1.00" in answers[0]["evidence"]
+    assert "not conclusive" in answers[0]["evidence"] and answers[1]["conclusive"]
+    assert ablate_cada.paper_questions(_runs(irra=[10.0]))[0]["answer"] == "not measured"
+
+    # the report carries them: <out>.json "answers" and a section of <out>.md
+    monkeypatch.setattr(_ablation, "ensure_data", lambda root: None)
+    _fake_finished_run(tmp_path, 4, 0, 10.0)
+    payload = _ablation.run_ablation("abl", {"irra": ("irra_tiny", [])}, _args(tmp_path, seeds=1), tasks=["t2i"],
+                                     questions=ablate_cada.paper_questions)
+    assert payload["answers"][2]["answer"] == "not measured"  # no cada_full run
+    md = (tmp_path / "results" / "abl.md").read_text()
+    assert "## The papers' questions" in md and "Does CADA's single stage beat IRRA? **not measured**" in md
+    assert "Starting checkpoints (`init`): `foundation:tiny-clip`" in md
+
+
+def test_uca_questions_answer_from_the_runs() -> None:
+    import ablate_uca
+
+    runs = _runs(irra=[10.0, 11.0], uca_full=[9.0, 9.5])
+    for r, rho, terse in zip(runs["uca_full"], (-0.5, 0.1), (3e-4, 2.5e-4)):
+        r["metrics"]["extra"] = {"rank1_by_uncertainty_bin": {"spearman": rho},
+                                 "terse_vs_detailed": {"terse": {"mean_uncertainty": terse},
+                                                       "detailed": {"mean_uncertainty": 1e-4}}}
+    beat, sign, terse = ablate_uca.paper_questions(runs)
+    assert beat["answer"] == "no" and sign["answer"] == "yes" and terse["answer"] == "yes"
+    assert "below 0 in 1 of 2 seeds" in sign["evidence"] and not sign["conclusive"]
+    assert "+1.75e-04" in terse["evidence"]
