@@ -53,7 +53,7 @@ def make_demo(work: Path) -> tuple[Path, list[str]]:
                      "text_heads: 2, text_layers: 1, embed_dim: 32}", "method.decoder_layers=1",
                      "method.rerank_k=[8]", "train.epochs=1", "train.batch_size=16", "train.device=cpu",
                      "data.tokenizer_vocab_size=300", f"data.root={data}"]
-        args = ["train", "--config", "cada_tiny", "--out", str(run), "--quiet"]
+        args = ["train", "--config", "cada_tiny_scratch", "--out", str(run), "--quiet"]
         for o in overrides:
             args += ["--set", o]
         assert main(args) == 0
