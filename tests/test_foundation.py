@@ -79,3 +79,127 @@ def test_an_unknown_foundation_is_one_line_at_the_command_line(tmp_path: Path, m
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "backbone.pretrained" in err and "'foundation:tiny-clipp'" in err and "shipped: foundation:tiny-clip" in err
     assert not (tmp_path / "run").exists()  # refused before anything was read or written
+
+
+# ---------------------------------------------------------------------------- tbps foundation ship
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny clip-layout pretraining run, its export and the benchmark it validates on (as tests/test_pretrain.py)."""
+    from dataclasses import replace
+
+    from tbps.synth import PRESETS, generate
+
+    root = tmp_path_factory.mktemp("ship")
+    corpus, bench, run, export = root / "corpus", root / "bench", root / "run", root / "export"
+    generate(corpus, preset=replace(PRESETS["pretrain"], n_train=12), seed=0, height=64, width=32, workers=1,
+             progress=False)
+    generate(bench, preset="tiny", seed=0, height=64, width=32, workers=1, progress=False)
+    sets = [*SMALL, "data.tokenizer_vocab_size=300", "train.log_every=1", "eval.batch_size=16", f"data.root={corpus}",
+            f"data.eval_root={bench}", "train.epochs=2", "train.batch_size=8", "train.warmup_epochs=0"]
+    assert main(["pretrain", "--config", "pretrain_tiny_clip", "--out", str(run), "--quiet", "--export", str(export),
+                 *[x for s in sets for x in ("--set", s)]]) == 0
+    return {"corpus": corpus, "bench": bench, "run": run, "export": export}
+
+
+def _ship(pretrained: dict[str, Path], into: Path, *extra: str) -> int:
+    return main(["foundation", "ship", str(pretrained["export"]), "--name", "tiny-clip", "--run", str(pretrained["run"]),
+                 "--into", str(into), "--quiet", "--set", "eval.batch_size=16", *extra])
+
+
+def _strings(x) -> list[str]:
+    if isinstance(x, dict):
+        return [s for v in x.values() for s in _strings(v)] + [k for k in x if isinstance(k, str)]
+    if isinstance(x, list):
+        return [s for v in x for s in _strings(v)]
+    return [x] if isinstance(x, str) else []
+
+
+def test_ship_writes_half_precision_weights_the_tokenizer_and_a_card_with_the_run_facts(pretrained, tmp_path: Path,
+                                                                                        monkeypatch) -> None:
+    import json
+
+    from safetensors import safe_open
+
+    from tbps.models.pretrained import load_pretrained
+    from tbps.utils import read_jsonl, sha256_file
+
+    assert _ship(pretrained, tmp_path) == 0
+    folder = tmp_path / "tiny-clip"
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "card.json", "model.safetensors", "tokenizer"]
+    card = json.loads((folder / "card.json").read_text())
+    # precision: float16 exactly when the re-measured zero-shot Rank-1 of the float16 file equals the export's
+    check = card["ship_check"]
+    same = {t: m["R1"] for t, m in check["float32_export"].items()} == {t: m["R1"] for t, m in check["float16"].items()}
+    assert check["float16_changes_rank1"] is (not same) and check["split"] == "val" and check["config"] == "irra_tiny"
+    assert card["dtype"] == ("float16" if same else "float32")
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        dtypes = {f.get_tensor(k).dtype for k in f.keys() if f.get_tensor(k).is_floating_point()}
+    assert dtypes == {torch.float16 if same else torch.float32}
+    # the run's facts: seed, steps, epochs, zero-shot Rank-1 per epoch from its log, the command it was made with
+    log = read_jsonl(pretrained["run"] / "log.jsonl")
+    val = [r for r in log if r.get("split") == "val"]
+    pt = card["pretraining"]
+    assert pt["seed"] == 0 and pt["epochs"] == 2 and pt["epochs_done"] == 2 and pt["finished"]
+    assert pt["steps"] == max(r["step"] for r in log if "step" in r) > 0
+    assert [r["t2i/R1"] for r in pt["zero_shot_val"]] == [r["t2i/R1"] for r in val] and len(val) == 2
+    assert pt["wall_seconds"] > 0 and pt["command_source"] == "recorded by tbps pretrain"
+    assert pt["commands"][0].startswith("tbps pretrain --config pretrain_tiny_clip --out .../run")
+    assert card["machine"]["cpu"] and card["machine"]["torch"] == torch.__version__
+    assert card["corpus"]["preset"] == "pretrain" and card["corpus"]["num_images"] == 36
+    # sizes and hashes of every file, paths relative to the repository (these tmp folders are outside it)
+    files = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
+    recorded = card["files"]
+    assert set(recorded) == set(files) - {"card.json", "README.md"} and "tokenizer/tokenizer.json" in recorded
+    assert all(recorded[k]["sha256"] == sha256_file(files[k]) and recorded[k]["bytes"] == files[k].stat().st_size
+               for k in recorded)
+    assert not [s for s in _strings(card) if s.startswith(("/", str(tmp_path)))]
+    readme = (folder / "README.md").read_text()
+    assert recorded["model.safetensors"]["sha256"] in readme and pt["commands"][0] in readme
+    assert f"{val[-1]['t2i/R1']:.2f}" in readme
+    # the shipped file loads completely into the fine-tuning model, as foundation:tiny-clip
+    monkeypatch.setattr(foundation, "foundation_root", lambda: tmp_path)
+    cfg = load_experiment_config("irra_tiny", [*SMALL, "backbone.pretrained=foundation:tiny-clip",
+                                               "data.tokenizer=foundation:tiny-clip"])
+    method = build_model(cfg, build_tokenizer(cfg, None, None), num_classes=4)
+    report = load_pretrained(method, folder / "model.safetensors")
+    assert report.loaded == len([k for k in method.state_dict() if k.startswith("backbone.")]) and not report.kept_random
+
+
+def test_ship_can_be_forced_to_either_precision_and_rebuilds_the_command_of_an_unrecorded_run(pretrained,
+                                                                                               tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(pretrained["run"], run)
+    (run / "commands.jsonl").unlink()  # a run made before tbps pretrain recorded its command
+    for precision, dtype in (("fp32", torch.float32), ("fp16", torch.float16)):
+        assert _ship({**pretrained, "run": run}, tmp_path / precision, "--precision", precision) == 0
+        card = json.loads((tmp_path / precision / "tiny-clip" / "card.json").read_text())
+        state = __import__("safetensors.torch", fromlist=["load_file"]).load_file(
+            str(tmp_path / precision / "tiny-clip" / "model.safetensors"))
+        assert card["dtype"] == str(dtype).removeprefix("torch.") and state["visual.class_embedding"].dtype == dtype
+    pt = card["pretraining"]
+    assert pt["command_source"].startswith("rebuilt from .../config.yaml")
+    cmd = pt["commands"][0]
+    assert cmd.startswith("tbps pretrain --config pretrain_tiny_clip") and "--set train.epochs=2" in cmd
+    assert "--set data.root=.../corpus" in cmd and "--set train.lr" not in cmd  # only what differs
+
+
+def test_a_refused_ship_leaves_the_shipped_foundation_as_it_was(pretrained, tmp_path: Path, monkeypatch,
+                                                                capsys) -> None:
+    import tbps.foundation.ship as ship
+
+    assert _ship(pretrained, tmp_path) == 0
+    before = {p: p.read_bytes() for p in (tmp_path / "tiny-clip").rglob("*") if p.is_file()}
+    monkeypatch.setattr(ship, "MAX_FILE_BYTES", 100_000)  # the clip tokenizer and the weights are larger
+    capsys.readouterr()
+    assert _ship(pretrained, tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "refusing to ship tiny-clip" in err and "model.safetensors" in err and "Traceback" not in err
+    assert {p: p.read_bytes() for p in (tmp_path / "tiny-clip").rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-clip"]  # no temporary folder left behind
+    assert main(["foundation", "ship", str(tmp_path / "nothing"), "--name", "x", "--run", str(pretrained["run"]),
+                 "--into", str(tmp_path)]) == 2
+    assert "is not a foundation export" in capsys.readouterr().err
