@@ -212,6 +212,10 @@ def ship_foundation(export_dir: str | Path, name: str, run_dir: str | Path, eval
         raise ValueError(f"--name {name!r}: a foundation name is one folder name (e.g. tiny-clip)")
     record, state = read_export(export_dir)
     history = run_history(run_dir)
+    ckpt_meta = Path(str(record.get("checkpoint") or "")) / "meta.json"
+    if record.get("checkpoint") and ckpt_meta.is_file():  # the exported checkpoint's own step and epoch
+        meta = json.loads(ckpt_meta.read_text())
+        history.update(steps=meta.get("global_step", history["steps"]), epochs_done=meta.get("epoch", 0))
     run_cfg = history["config"]
     bench = Path(eval_root or run_cfg["data"].get("eval_root") or "").expanduser()
     if not str(eval_root or run_cfg["data"].get("eval_root") or "") or not bench.is_dir():
@@ -271,7 +275,7 @@ def _card(name: str, record: Mapping[str, Any], state: Mapping[str, torch.Tensor
     commands, command_source = pretraining_command(history, record["layout"], run_dir, export_dir)
     recorded = [c.get("machine") for c in history["commands"] if c.get("machine")]
     machine = dict(recorded[0]) if recorded else machine_info()
-    machine_source = "recorded by tbps pretrain" if recorded else "the machine that shipped it (the run records none)"
+    machine_source = "recorded by tbps pretrain" if recorded else "shipping machine: the run records none"
     return {
         "name": name,
         "reference": f"{foundation.PREFIX}{name}",
@@ -324,7 +328,7 @@ def render_card(card: Mapping[str, Any]) -> str:
              f"| corpus | {corpus.get('root')}: {corpus.get('num_images')} images, {corpus.get('num_captions')} "
              f"captions (preset {corpus.get('preset')}, seed {corpus.get('seed')}) |",
              f"| seed | {pt['seed']} |",
-             f"| steps | {pt['steps']} ({pt['epochs_done']} of {pt['epochs']} epochs, batch {pt['batch_size']}"
+             f"| steps | {pt['steps']} ({pt['epochs_done']} of {pt['epochs']} epochs done, batch {pt['batch_size']}"
              f"{'' if pt['finished'] else ', run not finished'}) |",
              f"| wall time | {_hours(pt['wall_seconds'])} ({pt['wall_seconds_source']}) |",
              f"| machine | {m.get('cpu')}, {m.get('cpu_usable') or m.get('cpu_count')} cores, torch {m.get('torch')}"
