@@ -282,3 +282,27 @@ def test_ship_measures_a_blip_layout_export_through_the_cada_model(pretrained, t
     assert card["pretraining"]["zero_shot_val"][0]["t2i-rerank@4/R1"] >= 0
     monkeypatch.setattr(foundation, "foundation_root", lambda: tmp_path)
     check_shipped_foundation("tiny-blip", [*SMALL[:3], "method.decoder_layers=1"])  # the test export's widths
+
+
+def test_make_foundation_renders_pretrains_with_resume_and_ships_both_and_make_test_does_not() -> None:
+    import shutil
+    import subprocess
+
+    from tbps.foundation.ship import repo_root
+
+    if shutil.which("make") is None:
+        pytest.fail("make is not installed")
+    root = repo_root()
+
+    def dry(target: str) -> str:
+        out = subprocess.run(["make", "-n", target, "VENV=.venv"], cwd=root, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    plan = dry("foundation")
+    assert "synth --preset pretrain --seed 0 --out data/synth-pretrain" in plan
+    assert "synth --preset small --seed 0 --out data/synth-small" in plan and "is_current" in plan
+    assert "for layout in clip blip" in plan and "--config pretrain_tiny_$layout" in plan
+    assert "--resume" in plan and "checkpoints/last" in plan  # a killed run is resumed, not restarted
+    assert "foundation ship $run-export --name tiny-$layout --run $run --eval-root data/synth-small" in plan
+    assert "pretrain" not in dry("test") and "foundation" not in dry("test")
