@@ -1,4 +1,4 @@
-"""The `tbps` command line: synth, train, eval, demo, index, search, serve, export."""
+"""The `tbps` command line: synth, train, pretrain, foundation, eval, demo, index, search, serve, export."""
 from __future__ import annotations
 
 import argparse
@@ -41,11 +41,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from .engine.distributed import launch_processes
 
         return launch_processes(args.nproc, args.argv)
+    return _train_config(args, _load_run_config(args))
+
+
+def _run_folder(args: argparse.Namespace) -> str:
+    return args.out or str(Path("runs") / Path(args.config or "run").stem)
+
+
+def _train_config(args: argparse.Namespace, cfg: dict) -> int:
     from .engine.trainer import train
 
-    cfg = _load_run_config(args)
-    out = args.out or str(Path("runs") / Path(args.config or "run").stem)
-    summary = train(cfg, out, resume=args.resume, progress=not args.quiet)
+    summary = train(cfg, _run_folder(args), resume=args.resume, progress=not args.quiet)
     if os.environ.get("RANK", "0") == "0":
         print(json.dumps(summary, indent=2, default=str))
     return 0
@@ -54,13 +60,50 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     """`tbps train` on a pretraining config, then (with --export) the foundation a fine-tuning config reads."""
     launcher = (args.nproc or 0) > 1 and "WORLD_SIZE" not in os.environ  # its torchrun processes export
-    code = _cmd_train(args)
-    if code == 0 and args.export and not launcher and os.environ.get("RANK", "0") == "0":
+    if launcher:
+        return _cmd_train(args)
+    from .engine.config_types import TRAIN_KEYS, check_config_types
+
+    cfg = _load_run_config(args)
+    check_config_types(cfg, TRAIN_KEYS)
+    out = _run_folder(args)
+    if os.environ.get("RANK", "0") == "0":  # each accepted invocation and its machine, for the model card
+        from .foundation.ship import record_command
+
+        record_command(out, args.argv)
+    code = _train_config(args, cfg)
+    if code == 0 and args.export and os.environ.get("RANK", "0") == "0":
         from .engine.foundation import export_foundation
 
-        out = args.out or str(Path("runs") / Path(args.config or "run").stem)
         print(json.dumps(export_foundation(out, args.export), indent=2, default=str))
     return code
+
+
+def _cmd_foundation_ship(args: argparse.Namespace) -> int:
+    from .foundation.ship import ship_foundation
+
+    card = ship_foundation(args.export, args.name, args.run, args.eval_root, config=args.config, overrides=args.set,
+                           into=args.into, precision=args.precision, progress=not args.quiet)
+    check = card["ship_check"]
+    print(json.dumps({"name": card["name"], "dtype": card["dtype"], "files": card["files"],
+                      "zero_shot_val_float32": check["float32_export"], "zero_shot_val_float16": check["float16"]},
+                     indent=2))
+    return 0
+
+
+def _cmd_foundation_list(args: argparse.Namespace) -> int:
+    from . import foundation
+
+    root = foundation.foundation_root()
+    names = foundation.shipped(root)
+    for name in names:
+        card_file = root / name / foundation.CARD_JSON
+        card = json.loads(card_file.read_text()) if card_file.is_file() else {}
+        print(f"{foundation.PREFIX}{name}\t{card.get('layout', '?')}\t{card.get('dtype', '?')}\t"
+              f"{root / name}")
+    if not names:
+        print(f"no foundation shipped in {root} (`make foundation` makes {', '.join(foundation.EXPECTED)})")
+    return 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -132,6 +175,25 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--export", metavar="DIR",
                     help="write the foundation (weights in a layout backbone.pretrained reads + tokenizer) to DIR")
     pt.set_defaults(func=_cmd_pretrain)
+
+    f = sub.add_parser("foundation", help="the foundation checkpoints shipped in tbps (foundation:<name>)")
+    fsub = f.add_subparsers(dest="foundation_command", required=True)
+    fs = fsub.add_parser("ship", help="put an export of `tbps pretrain --export` into the package, with its card")
+    fs.add_argument("export", help="the export folder (foundation.pt, tokenizer/, foundation.json)")
+    fs.add_argument("--name", required=True, help="foundation name, e.g. tiny-clip (configs: foundation:tiny-clip)")
+    fs.add_argument("--run", required=True, help="the pretraining run folder (its config, log and command)")
+    fs.add_argument("--eval-root", help="benchmark whose validation split measures the files (default: the run's "
+                                        "data.eval_root)")
+    fs.add_argument("--config", help="fine-tuning config whose model measures the files (default: irra_tiny for "
+                                     "the clip layout, cada_tiny for the blip layout)")
+    fs.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of that config")
+    fs.add_argument("--precision", default="auto", choices=["auto", "fp16", "fp32"],
+                    help="auto (default): float16 unless it changes a measured zero-shot Rank-1")
+    fs.add_argument("--into", help="folder to ship into (default: the package's foundation/ folder)")
+    fs.add_argument("--quiet", action="store_true")
+    fs.set_defaults(func=_cmd_foundation_ship)
+    fl = fsub.add_parser("list", help="the shipped foundations")
+    fl.set_defaults(func=_cmd_foundation_list)
 
     e = sub.add_parser("eval", help="evaluate a run folder or checkpoint folder")
     e.add_argument("run", help="run folder (uses checkpoints/best) or a checkpoint folder")

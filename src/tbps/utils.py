@@ -8,6 +8,7 @@ JSONL log reader tolerates the half-written last line a kill can leave.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -32,6 +33,7 @@ __all__ = [
     "seed_everything",
     "JsonlLogger",
     "read_jsonl",
+    "sha256_file",
     "machine_info",
     "to_jsonable",
 ]
@@ -238,6 +240,15 @@ class JsonlLogger:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             self.close()
+
+
+def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_jsonl(path: PathLike) -> list[dict[str, Any]]:

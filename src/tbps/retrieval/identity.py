@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..utils import sha256_file
+
 # config keys that change what an image or a caption is encoded to (not how runs train or rank)
 _IDENTITY_KEYS = (("method",), ("backbone",), ("data", "image_size"), ("data", "max_text_len"),
                   ("data", "tokenizer"))
@@ -16,14 +18,6 @@ _IDENTITY_KEYS = (("method",), ("backbone",), ("data", "image_size"), ("data", "
 
 class ModelMismatchError(ValueError):
     """The model offered is not the one the index was built with."""
-
-
-def _sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def model_identity(run: Any, recorded: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -39,7 +33,7 @@ def model_identity(run: Any, recorded: dict[str, Any] | None = None) -> dict[str
             and recorded.get("weights_mtime_ns") == st.st_mtime_ns and recorded.get("weights_sha256")):
         weights_sha = recorded["weights_sha256"]
     else:
-        weights_sha = _sha256_file(weights)
+        weights_sha = sha256_file(weights)
     tok = hashlib.sha256()
     tok_dir = Path(run.run_dir) / "tokenizer"
     if tok_dir.is_dir():
