@@ -2,13 +2,14 @@
 
 Each variant is a config plus overrides. By default the tiny configs fine-tune from the shipped
 foundations (irra_tiny, cada_tiny, uca_tiny at their own epochs, issue 12); `--scratch` runs the
-same variants on the from-scratch configs (`<config>_scratch`, 4 epochs, the route before). Every (variant, seed) run trains on the embedded
-benchmark's train split, selects its checkpoint on val Rank-1 (never test), and is then
-evaluated once on the test split. Finished runs are skipped, so a killed benchmark resumes
-where it stopped. The table reports mean and standard deviation over seeds.
+same variants on the from-scratch configs (`<config>_scratch`, 4 epochs, the route before). Every
+(variant, seed) run trains on the embedded benchmark's train split, selects its checkpoint on val
+Rank-1 (never test), and is then evaluated once on the test split. Finished runs are skipped, so a
+killed benchmark resumes where it stopped. The table reports mean and standard deviation over seeds.
 
 The results JSON keeps `runs[variant][i]["metrics"][task]["R1"]`; each run also records its
-starting checkpoint as `"init"` (the config's `backbone.pretrained`, null from scratch). Paths
+starting checkpoint as `"init"` (the config's `backbone.pretrained`, null from scratch) and, when
+trained, `"init_sha256"`; `"answers"` holds the papers' questions answered from the runs. Paths
 under the repository are written relative to it, so results files do not name the machine.
 """
 from __future__ import annotations
@@ -242,8 +243,8 @@ def _rewrite_stored(name: str, variants: dict[str, Variant], chosen: list[str], 
         for r in rs:
             r.setdefault("init", init)
     route = stored.get("route") or ("scratch" if getattr(args, "scratch", False) else "fine-tuned")
-    payload = repo_relative({**stored, "benchmark": name, "route": route, "note": note or stored.get("note", ""), "runs": rows,
-                             "variants": {v: {"config": variants[v][0], "overrides": variants[v][1]} for v in rows}},
+    payload = repo_relative({**stored, "benchmark": name, "route": route, "note": note or stored.get("note", ""),
+                             "runs": rows, "variants": {v: {"config": variants[v][0], "overrides": variants[v][1]} for v in rows}},
                             root)
     return _write_results(payload, args.out, tasks, extra, questions)
 
@@ -261,7 +262,8 @@ def _write_results(payload: dict[str, Any], out: str, tasks: list[str], extra: E
     device = m.get("gpu") or f"CPU ({m.get('cpu', '?')}, {m.get('cpu_usable', '?')} cores, {m.get('torch_threads')} threads)"
     inits = sorted({str(r.get("init")) for rs in payload["runs"].values() for r in rs if r.get("init")})
     start = ", ".join(f"`{i}`" for i in inits) if inits else "none (trained from random weights)"
-    header = (f"# {payload['benchmark']}\n\nStarting checkpoints (`init`): {start}.\nMachine: {device}, torch {m.get('torch', '?')}, {m.get('memory_gb')} GB RAM. "
+    header = (f"# {payload['benchmark']}\n\nStarting checkpoints (`init`): {start}.\n"
+              f"Machine: {device}, torch {m.get('torch', '?')}, {m.get('memory_gb')} GB RAM. "
               f"Seeds 0..{seeds - 1} (the seeds column counts the finished ones). Test split; each run's checkpoint chosen on val Rank-1.\nCommon overrides: `{' '.join(payload['common_overrides'])}`\n\n{payload['note']}\n\n")
     atomic_write_text(Path(f"{out}.md"), header + table + "\n")
     print(table)
