@@ -31,7 +31,7 @@ PER_METHOD = {
 
 
 def config(method: str, data: str | Path, extra: list[str] = ()) -> dict:
-    return load_experiment_config(f"{method}_tiny", COMMON + PER_METHOD[method] + [f"data.root={data}", *extra])
+    return load_experiment_config(f"{method}_tiny_scratch", COMMON + PER_METHOD[method] + [f"data.root={data}", *extra])
 
 
 def one_step(method_name: str, data: str | Path, run_dir: str | Path, rank: int = 0, world: int = 1,

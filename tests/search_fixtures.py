@@ -145,12 +145,13 @@ def uca_searcher(uca_index):
 
 
 def _method_fixtures(method: str, overrides: list[str], batch_size: int = 16):
-    """Session fixtures `<method>_run` (`<method>_tiny` trained with `overrides`), `<method>_index`
-    and `<method>_searcher`."""
+    """Session fixtures `<method>_run` (`<method>_tiny_scratch`, or `clip_ft_tiny`, trained with
+    `overrides`), `<method>_index` and `<method>_searcher`."""
+    config = f"{method}_tiny" if method == "clip_ft" else f"{method}_tiny_scratch"  # shrunk: no foundation
 
     @pytest.fixture(scope="session", name=f"{method}_run")
     def run(tmp_path_factory, tiny_benchmark) -> Path:
-        return _once(method, lambda: _train(tmp_path_factory, f"{method}_tiny", tiny_benchmark, overrides))
+        return _once(method, lambda: _train(tmp_path_factory, config, tiny_benchmark, overrides))
 
     @pytest.fixture(scope="session", name=f"{method}_index")
     def index(tmp_path_factory, gallery, request) -> Path:
