@@ -306,3 +306,16 @@ def test_make_foundation_renders_pretrains_with_resume_and_ships_both_and_make_t
     assert "--resume" in plan and "checkpoints/last" in plan  # a killed run is resumed, not restarted
     assert "foundation ship $run-export --name tiny-$layout --run $run --eval-root data/synth-small" in plan
     assert "pretrain" not in dry("test") and "foundation" not in dry("test")
+
+
+def test_the_shipped_files_are_package_data() -> None:
+    import tomllib
+    from pathlib import PurePosixPath
+
+    from tbps.foundation.ship import repo_root
+
+    patterns = tomllib.loads((repo_root() / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["tbps"]
+    shipped = ["model.safetensors", "card.json", "README.md", "tokenizer/tokenizer.json", "tokenizer/tbps_tokenizer.json"]
+    for rel in shipped:
+        path = PurePosixPath("foundation", "tiny-clip", rel)
+        assert any(path.match(p) and len(path.parts) == len(PurePosixPath(p).parts) for p in patterns), path
