@@ -70,6 +70,15 @@ def test_a_config_naming_a_foundation_fine_tunes_from_its_weights_and_tokenizer(
     assert backbone and all(torch.equal(loaded[k], ours[k]) for k in backbone)
 
 
+def test_foundation_list_prints_the_shipped_ones(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(foundation, "foundation_root", lambda: tmp_path)
+    assert main(["foundation", "list"]) == 0
+    assert "no foundation shipped" in capsys.readouterr().out
+    _fake_foundation(tmp_path)
+    assert main(["foundation", "list"]) == 0
+    assert capsys.readouterr().out.startswith("foundation:tiny-clip\t")
+
+
 def test_an_unknown_foundation_is_one_line_at_the_command_line(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setattr(foundation, "foundation_root", lambda: tmp_path)
     _fake_foundation(tmp_path)
