@@ -70,6 +70,15 @@ def test_a_config_naming_a_foundation_fine_tunes_from_its_weights_and_tokenizer(
     assert backbone and all(torch.equal(loaded[k], ours[k]) for k in backbone)
 
 
+def test_foundation_list_prints_the_shipped_ones(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(foundation, "foundation_root", lambda: tmp_path)
+    assert main(["foundation", "list"]) == 0
+    assert "no foundation shipped" in capsys.readouterr().out
+    _fake_foundation(tmp_path)
+    assert main(["foundation", "list"]) == 0
+    assert capsys.readouterr().out.startswith("foundation:tiny-clip\t")
+
+
 def test_an_unknown_foundation_is_one_line_at_the_command_line(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setattr(foundation, "foundation_root", lambda: tmp_path)
     _fake_foundation(tmp_path)
@@ -306,3 +315,16 @@ def test_make_foundation_renders_pretrains_with_resume_and_ships_both_and_make_t
     assert "--resume" in plan and "checkpoints/last" in plan  # a killed run is resumed, not restarted
     assert "foundation ship $run-export --name tiny-$layout --run $run --eval-root data/synth-small" in plan
     assert "pretrain" not in dry("test") and "foundation" not in dry("test")
+
+
+def test_the_shipped_files_are_package_data() -> None:
+    import tomllib
+    from pathlib import PurePosixPath
+
+    from tbps.foundation.ship import repo_root
+
+    patterns = tomllib.loads((repo_root() / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["tbps"]
+    shipped = ["model.safetensors", "card.json", "README.md", "tokenizer/tokenizer.json", "tokenizer/tbps_tokenizer.json"]
+    for rel in shipped:
+        path = PurePosixPath("foundation", "tiny-clip", rel)
+        assert any(path.match(p) and len(path.parts) == len(PurePosixPath(p).parts) for p in patterns), path

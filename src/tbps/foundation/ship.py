@@ -205,7 +205,7 @@ def ship_foundation(export_dir: str | Path, name: str, run_dir: str | Path, eval
                     config: str | None = None, overrides: Iterable[str] = (), into: str | Path | None = None,
                     precision: str = "auto", progress: bool = False) -> dict[str, Any]:
     """Write `<into>/<name>/` (default: the package's foundation folder) from an export; returns the card."""
-    export_dir, run_dir = Path(export_dir).expanduser(), Path(run_dir).expanduser()
+    export_dir, run_dir, overrides = Path(export_dir).expanduser(), Path(run_dir).expanduser(), list(overrides)
     if precision not in PRECISIONS:
         raise ValueError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     if not name or "/" in name or name.startswith(".") or ":" in name:
@@ -217,10 +217,11 @@ def ship_foundation(export_dir: str | Path, name: str, run_dir: str | Path, eval
         meta = json.loads(ckpt_meta.read_text())
         history.update(steps=meta.get("global_step", history["steps"]), epochs_done=meta.get("epoch", 0))
     run_cfg = history["config"]
-    bench = Path(eval_root or run_cfg["data"].get("eval_root") or "").expanduser()
-    if not str(eval_root or run_cfg["data"].get("eval_root") or "") or not bench.is_dir():
-        raise FileNotFoundError(f"--eval-root: the benchmark to measure on is not found ({bench or 'not given'}; "
+    given = eval_root or run_cfg["data"].get("eval_root")
+    if not given or not Path(given).expanduser().is_dir():
+        raise FileNotFoundError(f"--eval-root: the benchmark to measure on is not found ({given or 'not given'}; "
                                 "the run's data.eval_root is used by default)")
+    bench = Path(given).expanduser()
     config = config or LAYOUT_CONFIGS[record["layout"]][0]
     root = Path(into).expanduser() if into else foundation.foundation_root()
     root.mkdir(parents=True, exist_ok=True)
@@ -231,9 +232,8 @@ def ship_foundation(export_dir: str | Path, name: str, run_dir: str | Path, eval
         shutil.copytree(export_dir / TOKENIZER_DIR, tmp / foundation.TOKENIZER_DIR)
         model_file = tmp / foundation.MODEL_FILE
         _save(state, model_file, torch.float16)
-        measure = lambda w: zero_shot_val(w, export_dir / TOKENIZER_DIR, record, run_cfg, bench, config,  # noqa: E731
-                                          overrides, progress)
-        fp32, fp16 = measure(export_dir / WEIGHTS_FILE), measure(model_file)
+        fp32, fp16 = (zero_shot_val(w, export_dir / TOKENIZER_DIR, record, run_cfg, bench, config, overrides, progress)
+                      for w in (export_dir / WEIGHTS_FILE, model_file))
         same = _rank1(fp32) == _rank1(fp16)
         dtype = "float16" if precision == "fp16" or (precision == "auto" and same) else "float32"
         if dtype == "float32":
@@ -245,7 +245,7 @@ def ship_foundation(export_dir: str | Path, name: str, run_dir: str | Path, eval
             raise ValueError(f"refusing to ship {name}: {shown} over the {MAX_FILE_BYTES / 1e6:.0f} MB limit per file"
                              + ("" if dtype == "float16" else " (in float32, because float16 changed the measured "
                                 "zero-shot Rank-1)"))
-        card = _card(name, record, state, history, run_dir, export_dir, bench, config, list(overrides), fp32, fp16,
+        card = _card(name, record, state, history, run_dir, export_dir, bench, config, overrides, fp32, fp16,
                      same, dtype, precision, {k: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
                                              for k, p in files.items()})
         atomic_write_json(tmp / foundation.CARD_JSON, card)
