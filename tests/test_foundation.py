@@ -253,7 +253,6 @@ def check_shipped_foundation(name: str, overrides: list[str] = ()) -> None:
         assert report.loaded == len(filled) and not report.kept_random and not report.unused, (config, report.summary())
 
 
-@pytest.mark.xfail(strict=True, reason="foundations not shipped yet")
 @pytest.mark.parametrize("name", foundation.EXPECTED)
 def test_the_shipped_foundations_load_into_the_tiny_configs_and_match_their_cards(name: str) -> None:
     check_shipped_foundation(name)

@@ -266,6 +266,7 @@ def _save(state: Mapping[str, torch.Tensor], path: Path, dtype: torch.dtype) -> 
     # clone: safetensors refuses tensors that share storage (tied weights are stored once per key)
     save_file({k: (v.to(dtype) if v.is_floating_point() else v).contiguous().clone() for k, v in state.items()},
               str(path), metadata={"format": "pt"})
+    path.chmod(0o644)  # a package file: readable by every user that imports tbps
 
 
 def _card(name: str, record: Mapping[str, Any], state: Mapping[str, torch.Tensor], history: Mapping[str, Any],
