@@ -32,5 +32,9 @@ def test_the_scratch_config_is_the_same_model_from_random_weights(config: str) -
     tuned, scratch = load_experiment_config(config), load_experiment_config(f"{config}_scratch")
     assert scratch["backbone"]["pretrained"] is None and scratch["data"]["tokenizer"] == "trained"
     assert scratch["backbone"]["overrides"] == tuned["backbone"]["overrides"]
-    assert scratch["method"] == tuned["method"] or config == "irra_tiny"  # irra_tiny starts tau lower
-    assert tuned["train"]["lr"] < scratch["train"]["lr"]  # a pretrained backbone moves less
+    # chosen on validation: the fine-tuned route keeps the from-scratch recipe (README "Does the
+    # foundation help?"); only irra_tiny trains fewer epochs, to keep `make demo` under 15 minutes
+    assert scratch["method"] == tuned["method"]
+    assert {k: v for k, v in scratch["train"].items() if k != "epochs"} == \
+        {k: v for k, v in tuned["train"].items() if k != "epochs"}
+    assert tuned["train"]["epochs"] <= scratch["train"]["epochs"]
