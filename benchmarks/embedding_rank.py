@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from _ablation import REPO, repo_relative
-from tbps.engine.build import build_model, build_tokenizer, build_transforms, image_size_of, load_data
+from tbps.engine.build import build_untrained, load_data
 from tbps.engine.evaluator import encode_split
 from tbps.engine.experiment import load_experiment_config
 from tbps.engine.runs import load_run
@@ -68,10 +68,7 @@ def measure(method: Any, tokenizer: Any, transform: Any, max_len: int, split: An
 def from_config(name: str, data_root: str, seed: int) -> dict[str, float]:
     cfg = load_experiment_config(CONFIGS / f"{name}.yaml", [f"data.root={data_root}", f"seed={seed}"])
     data = load_data(cfg)
-    tokenizer = build_tokenizer(cfg, data, None)
-    torch.manual_seed(seed)
-    method = build_model(cfg, tokenizer, num_classes=max(data.num_train_ids, 1)).eval()
-    transform = build_transforms(cfg, image_size_of(method))[1]
+    tokenizer, method, transform = build_untrained(cfg, data)
     return measure(method, tokenizer, transform, int(cfg["data"]["max_text_len"]), data.val)
 
 

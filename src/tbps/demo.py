@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from .data.datasets import DatasetWarning
-from .engine.build import build_model, build_tokenizer, build_transforms, image_size_of, load_data
+from .engine.build import build_untrained, load_data
 from .engine.evaluator import encode_split
 from .engine.experiment import load_experiment_config
 from .engine.runs import evaluate_run, load_run
@@ -68,10 +68,7 @@ def zero_shot_metrics(cfg: dict[str, Any], progress: bool = False) -> dict[str, 
     """The foundation before any fine-tuning (`backbone.pretrained` loaded, nothing trained) on the
     test split: the method's global similarity only reads the pretrained towers."""
     data = load_data(cfg)
-    tokenizer = build_tokenizer(cfg, data, None)
-    torch.manual_seed(int(cfg.get("seed", 0)))
-    method = build_model(cfg, tokenizer, num_classes=max(data.num_train_ids, 1)).eval()
-    transform = build_transforms(cfg, image_size_of(method))[1]
+    tokenizer, method, transform = build_untrained(cfg, data)
     with torch.no_grad():
         metrics, _ = _rank_metrics_on(method, tokenizer, transform, int(cfg["data"]["max_text_len"]),
                                       torch.device("cpu"), data.test, progress)

@@ -83,6 +83,18 @@ def build_transforms(cfg: dict[str, Any], image_size: tuple[int, int]):
     return train, test
 
 
+def build_untrained(cfg: dict[str, Any], dataset: Dataset, device: torch.device | None = None):
+    """A config's model as built (`backbone.pretrained` loaded, nothing trained), in eval mode on
+    `device` (default CPU), with its tokenizer and test transform: what a zero-shot evaluation
+    measures. The modules a checkpoint does not fill start from the config's seed.
+    -> (tokenizer, method, test transform)"""
+    tokenizer = build_tokenizer(cfg, dataset, None)
+    torch.manual_seed(int(cfg.get("seed", 0)))
+    method = build_model(cfg, tokenizer, max(dataset.num_train_ids, 1))
+    method.to(device or torch.device("cpu")).eval()
+    return tokenizer, method, build_transforms(cfg, image_size_of(method))[1]
+
+
 def build_model(cfg: dict[str, Any], tokenizer: Any, num_classes: int, load_pretrained: bool = True) -> Method:
     """The method named by the config; with `backbone.pretrained` set (and `load_pretrained`), its weights
     are read from that local path (tbps.models.pretrained). Pass False when trained weights follow anyway."""

@@ -25,7 +25,7 @@ import yaml
 
 from .. import foundation
 from ..config import load_config
-from ..engine.build import build_model, build_tokenizer, build_transforms, image_size_of, load_data, resolve_device
+from ..engine.build import build_untrained, load_data, resolve_device
 from ..engine.evaluator import evaluate
 from ..engine.experiment import CONFIG_DIR, load_experiment_config
 from ..engine.foundation import TOKENIZER_DIR, WEIGHTS_FILE
@@ -182,12 +182,10 @@ def zero_shot_val(weights: Path, tokenizer_dir: Path, record: Mapping[str, Any],
     dataset = load_data(cfg)
     if dataset.val is None:
         raise ValueError(f"--eval-root {eval_root}: the benchmark has no validation split")
-    tokenizer = build_tokenizer(cfg, None, None)
-    torch.manual_seed(int(cfg["seed"]))  # the modules the foundation does not fill start alike for every file
-    method = build_model(cfg, tokenizer, dataset.num_train_ids)  # refuses a file that leaves a filled tensor out
     device = resolve_device(cfg["train"]["device"])
-    method.to(device).eval()
-    _, test_tf = build_transforms(cfg, image_size_of(method))
+    # the modules the foundation does not fill start alike for every file (the config's seed);
+    # building refuses a file that leaves a filled tensor out
+    tokenizer, method, test_tf = build_untrained(cfg, dataset, device)
     metrics = evaluate(method, dataset.val, tokenizer, test_tf, int(cfg["data"]["max_text_len"]), device,
                        int(cfg["eval"]["batch_size"]), progress=progress, validation=True)
     metrics.pop("extra", None)
