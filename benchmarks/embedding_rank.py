@@ -28,17 +28,10 @@ from tbps.engine.build import build_untrained, load_data
 from tbps.engine.evaluator import encode_split
 from tbps.engine.experiment import load_experiment_config
 from tbps.engine.runs import load_run
+from tbps.evaluation import effective_rank
 from tbps.utils import atomic_write_json, atomic_write_text, machine_info
 
 CONFIGS = Path(__file__).resolve().parents[1] / "src" / "tbps" / "configs"
-
-
-def effective_rank(emb: torch.Tensor) -> float:
-    """exp(entropy) of the normalised squared singular values of the centred, L2-normalised rows."""
-    e = F.normalize(emb.float(), dim=-1)
-    s = torch.linalg.svdvals(e - e.mean(0))
-    p = s.pow(2) / s.pow(2).sum().clamp_min(1e-12)
-    return float(torch.exp(-(p * p.clamp_min(1e-12).log()).sum()))
 
 
 def mean_off_diagonal_cosine(emb: torch.Tensor) -> float:

@@ -53,6 +53,8 @@ def test_pretrain_exports_a_foundation_that_fine_tuning_loads_completely(layout:
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     val = [r for r in records if r.get("split") == "val"]
     assert val and "t2i/R1" in val[-1] and 0.0 <= val[-1]["t2i/R1"] <= 100.0
+    # and so is the effective rank of the embeddings, where a collapse shows (the first foundations': 3 of 128)
+    assert all(1.0 <= val[-1][f"embedding/{side}_rank"] <= 128.0 for side in ("image", "text"))
     assert (run / "tb").is_dir()
     if layout == "blip":  # the objectives of BLIP are all trained and logged
         assert {"itc", "itm", "lm"} <= set(records[0]) and "t2i-rerank@4/R1" in val[-1]

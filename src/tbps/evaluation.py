@@ -18,7 +18,8 @@ Work is ``O(Q * G * log P)`` and peak extra memory ``O(chunk_size * G)``
 instead of the ``O(Q * G)`` int64 indices of a full argsort.
 
 ``reference_rank_metrics`` is the plain full-sort implementation, kept for
-tests and benchmarks.
+tests and benchmarks. ``effective_rank`` measures how many directions an embedding uses
+(a dimensional collapse shows as a rank of a few units out of hundreds).
 """
 from __future__ import annotations
 
@@ -338,3 +339,15 @@ def format_metrics_table(rows: dict[str, dict[str, float]]) -> str:
 
     rule = "-+-".join("-" * w for w in widths)
     return "\n".join([fmt(header), rule, *(fmt(r) for r in body)])
+
+
+def effective_rank(embeddings: torch.Tensor) -> float:
+    """exp(entropy) of the normalised squared singular values of the centred, L2-normalised rows:
+    the number of directions the embedding spreads over (Roy & Vetterli, 2007). 1 when every row is
+    the same point or on one line; the dimension when the rows fill the space evenly."""
+    if embeddings.dim() != 2 or len(embeddings) < 2:
+        raise ValueError(f"effective_rank needs [N >= 2, D] embeddings, got shape {tuple(embeddings.shape)}")
+    e = torch.nn.functional.normalize(embeddings.float(), dim=-1)
+    s = torch.linalg.svdvals(e - e.mean(0))
+    p = s.pow(2) / s.pow(2).sum().clamp_min(1e-12)
+    return float(torch.exp(-(p * p.clamp_min(1e-12).log()).sum()))

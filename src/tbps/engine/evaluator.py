@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from ..data.loader import ImageList, tokens_to_dict
 from ..data.records import EvalSplit
-from ..evaluation import rank_metrics
+from ..evaluation import effective_rank, rank_metrics
 from ..methods import Method
 from .distributed import all_gather_cat, get_rank, get_world_size
 
@@ -60,11 +60,13 @@ def _stack(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
 def evaluate(method: Method, split: EvalSplit, tokenizer: Any, transform: Callable, max_len: int,
              device: torch.device, batch_size: int = 128, num_workers: int = 0, progress: bool = True,
              score_kwargs: dict[str, Any] | None = None, validation: bool = False,
-             report_dir: str | Path | None = None) -> dict[str, Any]:
+             report_dir: str | Path | None = None, embedding_rank: bool = False) -> dict[str, Any]:
     """-> {task: {"R1", "R5", "R10", "mAP", "mINP", ...}} for every task the method scores.
 
     With `validation`, the method's `on_validation` hook sees the features first. What the
-    method's `extra_report` hook returns (unless None) is returned under the key "extra".
+    method's `extra_report` hook returns (unless None) is returned under the key "extra". With
+    `embedding_rank`, the effective rank of the global image and text embeddings ("emb") is returned
+    under "embedding": training logs it at every validation, where a collapse shows before Rank-1 does.
     """
     text_feats, image_feats = encode_split(method, split, tokenizer, transform, max_len, device, batch_size,
                                            num_workers, progress)
@@ -77,4 +79,7 @@ def evaluate(method: Method, split: EvalSplit, tokenizer: Any, transform: Callab
     extra = method.extra_report(text_feats, image_feats, split, scores, report_dir)
     if extra is not None:
         results["extra"] = extra
+    if embedding_rank and "emb" in image_feats and "emb" in text_feats and min(len(split.image_paths), split.num_queries) > 1:
+        results["embedding"] = {"image_rank": effective_rank(image_feats["emb"]),
+                                "text_rank": effective_rank(text_feats["emb"])}
     return results

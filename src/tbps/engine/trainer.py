@@ -380,19 +380,24 @@ def _train(cfg: dict[str, Any], run_dir: Path, resume: bool, progress: bool, dis
         if val_split is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
             # every process encodes a shard of the split; all of them score the gathered features
             val_metrics = evaluate(method, val_split, tokenizer, test_tf, max_len, device,
-                                   int(cfg["eval"]["batch_size"]), progress=progress, validation=True)
+                                   int(cfg["eval"]["batch_size"]), progress=progress, validation=True,
+                                   embedding_rank=True)
             val_metrics.pop("extra", None)
+            embedding = val_metrics.pop("embedding", {})
             r1 = max(m["R1"] for m in val_metrics.values())
             if main:
-                logger.log({"step": state["global_step"], "epoch": epoch + 1, "split": "val", **_flat(val_metrics)})
+                flat = {**_flat(val_metrics), **{f"embedding/{k}": v for k, v in embedding.items()}}
+                logger.log({"step": state["global_step"], "epoch": epoch + 1, "split": "val", **flat})
                 if tb is not None:
-                    for k, v in _flat(val_metrics).items():
+                    for k, v in flat.items():
                         tb.add_scalar(f"val/{k}", v, state["global_step"])
             if r1 > state["best_r1"]:
                 state["best_r1"], state["best_epoch"] = r1, epoch + 1
                 checkpoint("best", {"val": val_metrics})
             log(f"epoch {epoch + 1}: val " + ", ".join(f"{t} R1 {m['R1']:.2f} mAP {m['mAP']:.2f}"
-                                                      for t, m in val_metrics.items()))
+                                                      for t, m in val_metrics.items())
+                + (f", embedding rank image {embedding['image_rank']:.1f} / text {embedding['text_rank']:.1f}"
+                   if embedding else ""))
         checkpoint("last")
     if val_split is None:  # no validation split (ICFG-PEDES): the last epoch is the selected model
         checkpoint("best", {"selection": "last epoch (no validation split)"})
