@@ -63,7 +63,9 @@ def test_corpus_captions_are_noisier_and_broader_than_the_grammar(corpus: Path, 
     shares = {k: v / n for k, v in meta["caption_noise"].items()}
     assert 0.0 < shares["wrong"] <= 0.15, shares
     assert 0.2 <= shares["irrelevant"] <= 0.6, shares
-    assert shares["partial"] >= 0.3, shares
+    # partial descriptions are common, but most captions name what is there (corpus v2: a corpus of
+    # mostly fragments pretrained a collapsed embedding, README "Foundation models")
+    assert 0.2 <= shares["partial"] <= 0.5, shares
     web = [c for e in json.loads((corpus / "reid_raw.json").read_text()) for c in e["captions"]]
     grammar = [c for e in json.loads((benchmark / "reid_raw.json").read_text()) for c in e["captions"]]
     web_words = {w for c in web for w in tokenize(c)}
@@ -71,6 +73,7 @@ def test_corpus_captions_are_noisier_and_broader_than_the_grammar(corpus: Path, 
     assert len(web_words - grammar_words) >= 30  # synonyms and scene words the grammar never uses
     lengths = [len(tokenize(c)) for c in web]
     assert min(lengths) <= 3 and max(lengths) >= 12  # from fragments to long lists
+    assert sorted(lengths)[len(lengths) // 2] >= 10  # the median caption is not a fragment (v1: 8)
     assert not set(web) & set(grammar)
 
 
@@ -107,3 +110,18 @@ def test_the_corpus_is_deterministic_whatever_the_worker_count(corpus: Path, tmp
     generate(other, preset=replace(PREFIX, n_train=3), seed=1, height=64, width=32, workers=1, progress=False)
     assert json.loads((other / "reid_raw.json").read_text())[0]["captions"] != \
         json.loads((corpus / "reid_raw.json").read_text())[0]["captions"]
+
+
+def test_a_corpus_of_the_retired_caption_style_is_not_current(corpus: Path, tmp_path: Path) -> None:
+    """A corpus rendered with the first captions (`web`, which pretrained collapsed foundations) is
+    rendered again by `make foundation` rather than reused."""
+    from tbps.synth.generator import is_current
+    assert is_current(corpus, PREFIX, 0, 64, 32)
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "reid_raw.json").write_text((corpus / "reid_raw.json").read_text())
+    meta = json.loads((corpus / "meta.json").read_text())
+    assert meta["preset_config"]["caption_style"] == "web-v2"
+    meta["preset_config"]["caption_style"] = "web"
+    (old / "meta.json").write_text(json.dumps(meta))
+    assert not is_current(old, PREFIX, 0, 64, 32)

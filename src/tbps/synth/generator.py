@@ -64,7 +64,7 @@ def _render_identity(task: tuple[int, int, dict[str, Any], Preset, str]) -> list
         img.save(os.path.join(img_dir, name), format="PNG", compress_level=6)
         crng = np.random.default_rng([seed, pid, k, 1])
         rec: dict[str, Any] = {"name": name, "params": params}
-        if preset.caption_style == "web":
+        if preset.caption_style == "web-v2":
             n = int(crng.integers(1, preset.captions_per_image + 1))
             rec["captions"], rec["noise"] = make_web_captions(ident, params, crng, n)
             rec["terse"], rec["mentions"] = [False] * n, []
@@ -203,7 +203,7 @@ def generate(out_dir: str | Path, preset: str | Preset = "small", seed: int = 0,
         reid_raw: list[dict[str, Any]] = []
         images: list[dict[str, Any]] = []
         counts = {s: {"ids": 0, "images": 0, "captions": 0, "terse_captions": 0} for s in SPLITS}
-        web = p.caption_style == "web"
+        web = p.caption_style == "web-v2"
         noise = {k: 0 for k in ("wrong", "irrelevant", "partial")}
         style_shift: list[dict[str, Any]] = []
         for it, recs in zip(idents, results):

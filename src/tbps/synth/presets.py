@@ -51,7 +51,9 @@ class Preset:
     # The pretraining corpus (issue 12): alt-text-like captions ("web", 1-2 per image, no identity
     # labels: every image is its own id) and identities drawn in their own namespace (its own seed
     # stream and ids from `namespace * NAMESPACE_STRIDE + 1`), so no benchmark identity recurs.
-    caption_style: str = "grammar"  # grammar (the benchmark's) | web
+    # grammar (the benchmark's) | web-v2 (web_captions.py; v1, "web", was retired with its corpus, which
+    # pretrained a collapsed foundation; a new name makes `is_current` refuse a corpus rendered by v1)
+    caption_style: str = "grammar"
     namespace: int = 0
 
     def with_size(self, height: int | None, width: int | None) -> "Preset":
@@ -86,7 +88,7 @@ PRESETS: dict[str, Preset] = {
     # The pretraining corpus: 13,400 identities x 3 images = 40,200 images, 1-2 web captions each,
     # at the full difficulty without one-attribute variant families; train split only.
     "pretrain": Preset("pretrain", 13400, 0, 0, (3, 3), captions_per_image=2, difficulty=Difficulty(variant_frac=0.0),
-                       caption_style="web", namespace=1),
+                       caption_style="web-v2", namespace=1),
 }
 BENCHMARK_PRESETS = tuple(k for k, p in PRESETS.items() if p.namespace == 0)
 NAMESPACE_STRIDE = 10_000_000  # identity ids of namespace n start at n * NAMESPACE_STRIDE + 1
