@@ -327,8 +327,8 @@ def render_card(card: Mapping[str, Any]) -> str:
              f"| corpus | {corpus.get('root')}: {corpus.get('num_images')} images, {corpus.get('num_captions')} "
              f"captions (preset {corpus.get('preset')}, seed {corpus.get('seed')}) |",
              f"| seed | {pt['seed']} |",
-             f"| steps | {pt['steps']} ({pt['epochs_done']} of {pt['epochs']} epochs done, batch {pt['batch_size']}"
-             f"{'' if pt['finished'] else ', run not finished'}) |",
+             f"| steps | {pt['steps']} (the checkpoint after epoch {pt['epochs_done']} of {pt['epochs']}, chosen on "
+             f"validation Rank-1; batch {pt['batch_size']}{'' if pt['finished'] else ', run not finished'}) |",
              f"| wall time | {_hours(pt['wall_seconds'])} ({pt['wall_seconds_source']}) |",
              f"| machine | {m.get('cpu')}, {m.get('cpu_usable') or m.get('cpu_count')} cores, torch {m.get('torch')}"
              f"{', ' + str(m.get('gpu')) if m.get('gpu') else ''} ({m['source']}) |", "",
