@@ -1,7 +1,7 @@
 """Effective rank of a model's retrieval embeddings: the measure that shows a collapsed foundation.
 
 A contrastive model that spreads its embeddings over many directions has a high effective rank;
-one that collapsed onto a few (README, "Does the foundation help? Not yet") has a low one. Each
+one that collapsed onto a few (README, "Why the first foundations collapsed") has a low one. Each
 model is measured on the benchmark's validation split: the L2-normalised global image and text
 embeddings, centred, their singular values s, p = s^2 / sum(s^2), effective rank = exp(-sum p log p)
 (Roy & Vetterli, 2007), plus the mean cosine between different images.
@@ -41,18 +41,10 @@ def mean_off_diagonal_cosine(emb: torch.Tensor) -> float:
     return float((c.sum() - c.diagonal().sum()) / max(n * (n - 1), 1))
 
 
-def _global(feats: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The [N, D] global embedding among a method's encoded features (the first 2-d tensor)."""
-    for key in ("global", "emb", "mean"):
-        if key in feats and feats[key].dim() == 2:
-            return feats[key]
-    return next(v for v in feats.values() if v.dim() == 2)
-
-
 def measure(method: Any, tokenizer: Any, transform: Any, max_len: int, split: Any) -> dict[str, float]:
     with torch.no_grad():
         text, image = encode_split(method, split, tokenizer, transform, max_len, torch.device("cpu"), progress=False)
-    img, txt = _global(image), _global(text)
+    img, txt = image["emb"], text["emb"]  # every method's global embedding, as the evaluator reads it
     return {"image_effective_rank": effective_rank(img), "text_effective_rank": effective_rank(txt),
             "image_mean_cosine": mean_off_diagonal_cosine(img), "dim": int(img.shape[1]),
             "num_images": int(img.shape[0]), "num_captions": int(txt.shape[0])}
